@@ -1,0 +1,180 @@
+//! The port-I/O bus: maps guest I/O port ranges to devices.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// A device on the port-I/O bus. `offset` is relative to the device's base
+/// port. Reads fill all of `data`; a device that does not decode an offset
+/// leaves `data` as the bus passed it (all ones, as on a real ISA bus).
+pub trait PioDevice: Send {
+    /// The guest reads `data.len()` bytes at `offset`.
+    fn read(&mut self, offset: u16, data: &mut [u8]);
+    /// The guest writes `data` at `offset`.
+    fn write(&mut self, offset: u16, data: &[u8]);
+}
+
+/// Errors from building the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A range is empty or wraps past port 0xffff.
+    #[error("invalid I/O port range {base:#x}+{len:#x}")]
+    InvalidRange {
+        /// First port.
+        base: u16,
+        /// Number of ports.
+        len: u16,
+    },
+    /// Two devices claim the same port.
+    #[error("I/O port range {base:#x}+{len:#x} overlaps a device already on the bus")]
+    Overlap {
+        /// First port.
+        base: u16,
+        /// Number of ports.
+        len: u16,
+    },
+}
+
+type Shared = Arc<Mutex<dyn PioDevice>>;
+
+/// Port-I/O devices by range. Lookups are `O(log n)`; the bus is shared by
+/// all vCPU threads, each device behind its own lock.
+#[derive(Default, Clone)]
+pub struct PioBus {
+    // Keyed by base port; value is (length, device).
+    devices: BTreeMap<u16, (u16, Shared)>,
+}
+
+impl std::fmt::Debug for PioBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranges: Vec<_> = self
+            .devices
+            .iter()
+            .map(|(b, (l, _))| format!("{b:#x}+{l:#x}"))
+            .collect();
+        f.debug_struct("PioBus").field("ranges", &ranges).finish()
+    }
+}
+
+impl PioBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts `device` at ports `base..base+len`.
+    pub fn insert(&mut self, base: u16, len: u16, device: Shared) -> Result<(), BusError> {
+        if len == 0 || base.checked_add(len - 1).is_none() {
+            return Err(BusError::InvalidRange { base, len });
+        }
+        let end = u32::from(base) + u32::from(len); // exclusive
+        // The closest device starting at or below the new range's last port.
+        if let Some((&b, &(l, _))) = self.devices.range(..=base + (len - 1)).next_back()
+            && u32::from(b) + u32::from(l) > u32::from(base)
+            && u32::from(b) < end
+        {
+            return Err(BusError::Overlap { base, len });
+        }
+        self.devices.insert(base, (len, device));
+        Ok(())
+    }
+
+    fn find(&self, port: u16) -> Option<(u16, &Shared)> {
+        let (&base, (len, dev)) = self.devices.range(..=port).next_back()?;
+        (u32::from(port) < u32::from(base) + u32::from(*len)).then_some((port - base, dev))
+    }
+
+    /// Dispatches a guest read. Returns false if no device decodes `port`
+    /// (`data` is then all ones).
+    pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
+        data.fill(0xff);
+        match self.find(port) {
+            Some((offset, dev)) => {
+                lock(dev).read(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Dispatches a guest write. Returns false if no device decodes `port`.
+    pub fn write(&self, port: u16, data: &[u8]) -> bool {
+        match self.find(port) {
+            Some((offset, dev)) => {
+                lock(dev).write(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock(dev: &Shared) -> std::sync::MutexGuard<'_, dyn PioDevice + 'static> {
+    // A device that panicked mid-access poisoned its lock; its state is
+    // still memory-safe, and a stuck console is worse than a glitch.
+    dev.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<(u16, Vec<u8>)>,
+    }
+
+    impl PioDevice for Recorder {
+        fn read(&mut self, offset: u16, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u16, data: &[u8]) {
+            self.writes.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn routes_by_range_and_offset() {
+        let mut bus = PioBus::new();
+        let a = Arc::new(Mutex::new(Recorder::default()));
+        bus.insert(0x3f8, 8, a.clone()).unwrap();
+        let mut d = [0u8; 1];
+        assert!(bus.read(0x3fd, &mut d));
+        assert_eq!(d, [5]);
+        assert!(bus.write(0x3f8, &[b'x']));
+        assert_eq!(a.lock().unwrap().writes, vec![(0, vec![b'x'])]);
+        // Just past the end, and just before the start.
+        assert!(!bus.read(0x400, &mut d));
+        assert_eq!(d, [0xff]);
+        assert!(!bus.write(0x3f7, &[0]));
+    }
+
+    #[test]
+    fn rejects_overlaps_and_bad_ranges() {
+        let mut bus = PioBus::new();
+        let dev = || Arc::new(Mutex::new(Recorder::default()));
+        bus.insert(0x60, 5, dev()).unwrap();
+        assert!(matches!(
+            bus.insert(0x64, 1, dev()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x5f, 2, dev()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x50, 0x100, dev()),
+            Err(BusError::Overlap { .. })
+        ));
+        bus.insert(0x65, 1, dev()).unwrap();
+        bus.insert(0x5f, 1, dev()).unwrap();
+        assert!(matches!(
+            bus.insert(0xffff, 2, dev()),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x10, 0, dev()),
+            Err(BusError::InvalidRange { .. })
+        ));
+        bus.insert(0xffff, 1, dev()).unwrap();
+    }
+}

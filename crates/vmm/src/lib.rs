@@ -1,0 +1,20 @@
+//! husk's virtual machine monitor.
+//!
+//! [`run`] takes a [`VmConfig`] (kernel, initramfs, memory, vCPUs, console)
+//! and boots a Linux guest on KVM with Linux's 64-bit boot protocol, until
+//! the guest powers off or reboots. [`host::detect`] tells what kind of KVM
+//! this is and so whether the guest kernel's PVM compatibility mode is on.
+
+pub mod boot;
+pub mod error;
+pub mod host;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+pub mod x86_64;
+
+pub use error::VmmError;
+pub use host::HostKind;
+pub use husk_devices::GuestExit;
+pub use vm::{CompatMode, VmConfig, VmOutcome, run};

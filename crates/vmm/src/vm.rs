@@ -1,0 +1,321 @@
+//! Building and running a microVM: the linear recipe from a [`VmConfig`] to a
+//! guest that runs until it powers off.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use husk_devices::legacy::{COM1_IRQ, COM1_PORT, I8042, POWEROFF_PORT, PowerOff, Serial};
+use husk_devices::{ExitNotifier, GuestExit, PioBus};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::load_cmdline;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::boot::cmdline::KernelCmdline;
+use crate::boot::{loader, params};
+use crate::error::VmmError;
+use crate::host::{self, HostKind};
+use crate::layout::{CMDLINE_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, ZERO_PAGE_START};
+use crate::memory;
+use crate::vcpu::{Vcpu, VcpuOutcome};
+use crate::x86_64::{cpuid, mptable, regs};
+
+/// Whether to switch on the guest kernel's PVM compatibility mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompatMode {
+    /// From the detected host kind.
+    #[default]
+    Auto,
+    /// Always (for testing the mode itself).
+    On,
+    /// Never.
+    Off,
+}
+
+/// Everything needed to boot a guest.
+pub struct VmConfig {
+    /// The kernel: a vmlinux ELF or a bzImage.
+    pub kernel: PathBuf,
+    /// The initramfs (a newc cpio), if any.
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command-line arguments, after husk's own.
+    pub cmdline_extra: String,
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// PVM compatibility mode.
+    pub compat: CompatMode,
+    /// Where the serial console's output goes.
+    pub console: Box<dyn Write + Send>,
+    /// Stop the guest (with an error) if it runs longer than this.
+    pub timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .field("cmdline_extra", &self.cmdline_extra)
+            .field("mem_size", &self.mem_size)
+            .field("vcpus", &self.vcpus)
+            .field("compat", &self.compat)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a guest run ended.
+#[derive(Debug, Clone)]
+pub struct VmOutcome {
+    /// What the guest did.
+    pub exit: GuestExit,
+    /// The host kind detected.
+    pub host: HostKind,
+    /// Whether the PVM compatibility mode was on.
+    pub pvm_compat: bool,
+    /// The command line the guest got.
+    pub cmdline: String,
+    /// From creating the VM to the guest stopping.
+    pub run_time: Duration,
+}
+
+/// Opens `/dev/kvm`, turning the common failures into errors that say what to do.
+fn open_kvm(host: HostKind) -> Result<Kvm, VmmError> {
+    if host == HostKind::NoKvm {
+        return Err(VmmError::NoKvm);
+    }
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => VmmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmmError::KvmPermission,
+        _ => VmmError::KvmOpen(e),
+    })
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |e| VmmError::Kvm(what, e)
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem.get_host_address(region.start_addr()).map_err(|_| {
+            VmmError::Kvm("guest memory region", kvm_ioctls::Error::new(libc::EINVAL))
+        })?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region's host mapping is owned by `mem`, which the
+        // caller keeps alive (in the vCPUs) for as long as the VM runs.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("guest memory region"))?;
+    }
+    Ok(())
+}
+
+fn install_kick_handler() -> Result<(), VmmError> {
+    static ONCE: Once = Once::new();
+    let mut res = Ok(());
+    ONCE.call_once(|| {
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        res = register_signal_handler(SIGRTMIN(), noop).map_err(VmmError::Signal);
+    });
+    res
+}
+
+/// Boots a guest as `config` says and runs it until it powers off, reboots,
+/// fails, or times out. Blocks the calling thread.
+pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
+    let started = Instant::now();
+    let host = host::detect();
+    let pvm_compat = match config.compat {
+        CompatMode::Auto => host.needs_pvm_compat(),
+        CompatMode::On => true,
+        CompatMode::Off => false,
+    };
+    match host {
+        HostKind::Pvm if pvm_compat => log::info!(
+            "host: {host}; guest kernel mode is emulated here (about 1,500x slower than hardware KVM); PVM compatibility mode on"
+        ),
+        HostKind::Pvm => log::warn!(
+            "host: {host}; PVM compatibility mode forced off: guest user space will not run"
+        ),
+        HostKind::Unknown => log::warn!("host: {host}; assuming hardware virtualisation"),
+        _ => log::info!(
+            "host: {host}{}",
+            if pvm_compat {
+                "; PVM compatibility mode forced on"
+            } else {
+                ""
+            }
+        ),
+    }
+    if config.vcpus == 0 || config.vcpus > mptable::MAX_CPUS {
+        return Err(VmmError::VcpuCount(config.vcpus));
+    }
+    // Check inputs before touching KVM, so bad input fails fast and clearly.
+    if !config.kernel.is_file() {
+        return Err(VmmError::KernelMissing(config.kernel.clone()));
+    }
+    memory::ram_ranges(config.mem_size)?;
+
+    let kvm = open_kvm(host)?;
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    if let Err(e) = vm.set_tss_address(KVM_TSS_ADDRESS as usize) {
+        log::debug!("KVM_SET_TSS_ADDR: {e} (ignored)");
+    }
+    if let Err(e) = vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS) {
+        log::debug!("KVM_SET_IDENTITY_MAP_ADDR: {e} (ignored)");
+    }
+    vm.create_irq_chip()
+        .map_err(kvm_err("in-kernel interrupt controller"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("PIT"))?;
+
+    let mem = memory::create(config.mem_size)?;
+    register_memory(&vm, &mem)?;
+
+    // Kernel, initramfs, command line, zero page, MP table, boot tables.
+    let kernel = loader::load_kernel(&mem, &config.kernel)?;
+    if kernel.format == loader::KernelFormat::BzImage && host == HostKind::Pvm {
+        log::warn!(
+            "booting a compressed bzImage on a PVM host: its decompressor runs emulated and can take minutes; use the uncompressed vmlinux"
+        );
+    }
+    let initrd = match &config.initrd {
+        Some(p) => Some(loader::load_initrd(&mem, config.mem_size, kernel.end, p)?),
+        None => None,
+    };
+    let mut cmdline =
+        KernelCmdline::new(if pvm_compat { HostKind::Pvm } else { host }, POWEROFF_PORT);
+    cmdline.push(&config.cmdline_extra);
+    let cmdline_str = cmdline.build()?;
+    let mut kcmd = Cmdline::new(crate::layout::CMDLINE_MAX_SIZE).map_err(VmmError::LinuxCmdline)?;
+    kcmd.insert_str(&cmdline_str)
+        .map_err(VmmError::LinuxCmdline)?;
+    load_cmdline(&mem, GuestAddress(CMDLINE_START), &kcmd).map_err(VmmError::WriteCmdline)?;
+    let zero_page = params::build(&params::BootParamsSpec {
+        setup_header: kernel.setup_header,
+        cmdline_addr: CMDLINE_START,
+        cmdline_size: cmdline_str.len() + 1,
+        initrd,
+        e820: params::e820_map(config.mem_size),
+    })?;
+    mem.write_obj(zero_page, GuestAddress(ZERO_PAGE_START))
+        .map_err(|e| VmmError::GuestMemory("boot parameters", e))?;
+    mptable::write(&mem, config.vcpus)?;
+    regs::write_boot_tables(&mem)?;
+    log::debug!(
+        "kernel {:?} entry {:#x}, command line: {cmdline_str}",
+        kernel.format,
+        kernel.entry
+    );
+
+    // Devices.
+    let exit = ExitNotifier::new().map_err(VmmError::EventFd)?;
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("serial interrupt (irqfd)"))?;
+    let mut bus = PioBus::new();
+    bus.insert(
+        COM1_PORT,
+        8,
+        Arc::new(Mutex::new(Serial::new(serial_irq, config.console))),
+    )?;
+    bus.insert(
+        I8042::BASE,
+        I8042::LEN,
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+    )?;
+    bus.insert(
+        POWEROFF_PORT,
+        1,
+        Arc::new(Mutex::new(PowerOff::new(exit.clone()))),
+    )?;
+
+    // vCPUs.
+    install_kick_handler()?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("supported CPUID"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(u8, VcpuOutcome)>();
+    let mut threads = Vec::new();
+    for index in 0..config.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("create vCPU"))?;
+        fd.set_cpuid2(&cpuid::for_vcpu(&supported, index, config.vcpus))
+            .map_err(kvm_err("CPUID"))?;
+        regs::setup_vcpu(&fd, kernel.entry, index == 0)?;
+        let vcpu = Vcpu {
+            index,
+            fd,
+            bus: bus.clone(),
+            exit: exit.clone(),
+            stop: stop.clone(),
+            mem: mem.clone(),
+        };
+        let tx = tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let outcome = vcpu.run();
+                let _ = tx.send((index, outcome));
+            })
+            .map_err(VmmError::Thread)?;
+        threads.push(handle);
+    }
+    drop(tx);
+
+    // Wait for the first vCPU to end (or the deadline), then stop the rest.
+    let first = match config.timeout {
+        Some(t) => rx.recv_timeout(t.saturating_sub(started.elapsed())).ok(),
+        None => rx.recv().ok(),
+    };
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(SIGRTMIN());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    for t in threads {
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+    let run_time = started.elapsed();
+    let outcome = VmOutcome {
+        exit: GuestExit::PowerOff,
+        host,
+        pvm_compat,
+        cmdline: cmdline_str,
+        run_time,
+    };
+    match first {
+        None => Err(VmmError::Timeout(config.timeout.unwrap_or_default())),
+        Some((_, VcpuOutcome::Exit(e))) => Ok(VmOutcome { exit: e, ..outcome }),
+        Some((_, VcpuOutcome::Stopped)) => {
+            Err(VmmError::Timeout(config.timeout.unwrap_or_default()))
+        }
+        Some((_, VcpuOutcome::Error(e))) => Err(VmmError::Vcpu(e)),
+    }
+}
