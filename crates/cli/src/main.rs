@@ -28,6 +28,15 @@ enum Command {
     Boot(BootArgs),
     /// Show what kind of KVM this host has and what husk will do about it.
     Host,
+    /// Pack a directory into an initramfs (newc cpio) for `husk boot`.
+    PackInitramfs {
+        /// The directory that becomes the guest's root.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write the archive.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,6 +98,20 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn pack_initramfs(dir: &std::path::Path, output: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let mut rd = husk_initramfs::Initramfs::new();
+    rd.add_tree(dir, "")
+        .with_context(|| format!("cannot pack {}", dir.display()))?;
+    if !rd.contains("dev/console") {
+        // The kernel opens /dev/console for init's standard streams.
+        rd.char_dev("dev/console", 0o600, 5, 1)?;
+    }
+    let bytes = rd.to_bytes()?;
+    std::fs::write(output, &bytes).with_context(|| format!("cannot write {}", output.display()))?;
+    eprintln!("{}: {} bytes", output.display(), bytes.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn host() -> ExitCode {
     let kind = husk_vmm::host::detect();
     println!("host: {kind}");
@@ -130,6 +153,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args),
         Command::Host => Ok(host()),
+        Command::PackInitramfs { dir, output } => pack_initramfs(&dir, &output),
     };
     match result {
         Ok(code) => code,

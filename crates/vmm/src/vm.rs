@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use husk_devices::legacy::{COM1_IRQ, COM1_PORT, I8042, POWEROFF_PORT, PowerOff, Serial};
+pub use husk_devices::legacy::POWEROFF_PORT;
+use husk_devices::legacy::{COM1_IRQ, COM1_PORT, I8042, PowerOff, Serial};
 use husk_devices::{ExitNotifier, GuestExit, PioBus};
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,

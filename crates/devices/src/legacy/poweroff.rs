@@ -5,8 +5,10 @@ use crate::bus::PioDevice;
 use crate::exit::{ExitNotifier, GuestExit};
 
 /// The port husk gives the guest as `husk.poweroff_port=`. Unused by any
-/// legacy PC device (QEMU's isa-debug-exit default is 0x501).
-pub const POWEROFF_PORT: u16 = 0x510;
+/// legacy PC device, and the default port of QEMU's `isa-debug-exit`, so the
+/// same guest also powers off a QEMU microvm that has one. (Not 0x510: that
+/// is QEMU's fw_cfg selector, which its firmware writes at every boot.)
+pub const POWEROFF_PORT: u16 = 0x501;
 
 /// One port; any write powers the guest off.
 #[derive(Debug)]

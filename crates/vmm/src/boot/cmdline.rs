@@ -24,7 +24,6 @@ pub enum CmdlineError {
 /// * `reboot=k`: reboot through the keyboard controller, which the VMM sees;
 /// * `panic=-1`: a panic reboots at once, so the VMM stops instead of hanging;
 /// * `8250.nr_uarts=1`: only COM1 exists; probing others costs boot time;
-/// * `nomodule`: everything is built in;
 /// * `cryptomgr.notests`: skip crypto self-tests at boot;
 /// * `swiotlb=noforce`: no bounce buffers, there is no DMA-limited device;
 /// * `tsc=reliable`: the TSC is stable on KVM; skip the watchdog;
@@ -34,7 +33,6 @@ pub const BASE_ARGS: &[&str] = &[
     "reboot=k",
     "panic=-1",
     "8250.nr_uarts=1",
-    "nomodule",
     "cryptomgr.notests",
     "swiotlb=noforce",
     "tsc=reliable",
@@ -105,19 +103,19 @@ mod tests {
             HostKind::Hardware {
                 vendor: HwVendor::Vmx,
             },
-            0x510,
+            0x501,
         )
         .build()
         .unwrap();
         assert!(c.starts_with("console=ttyS0 reboot=k panic=-1"));
-        assert!(c.contains("husk.poweroff_port=0x510"));
+        assert!(c.contains("husk.poweroff_port=0x501"));
         assert!(!c.contains("husk.pvm"));
         assert!(!c.contains("noxsave"));
     }
 
     #[test]
     fn pvm_host_gets_compat_args() {
-        let c = KernelCmdline::new(HostKind::Pvm, 0x510).build().unwrap();
+        let c = KernelCmdline::new(HostKind::Pvm, 0x501).build().unwrap();
         assert!(c.contains(" husk.pvm=1 "));
         assert!(c.contains(" noxsave "));
         assert!(c.contains("clearcpuid=smap,popcnt"));
@@ -125,7 +123,7 @@ mod tests {
 
     #[test]
     fn extra_args_come_last_and_blank_ones_vanish() {
-        let mut k = KernelCmdline::new(HostKind::Pvm, 0x510);
+        let mut k = KernelCmdline::new(HostKind::Pvm, 0x501);
         k.push("  ").push("init=/test quiet");
         let c = k.build().unwrap();
         assert!(c.ends_with(" init=/test quiet"));
@@ -134,13 +132,13 @@ mod tests {
 
     #[test]
     fn rejects_too_long_and_bad_bytes() {
-        let mut k = KernelCmdline::new(HostKind::Pvm, 0x510);
+        let mut k = KernelCmdline::new(HostKind::Pvm, 0x501);
         k.push("x".repeat(CMDLINE_MAX_SIZE));
         assert!(matches!(k.build(), Err(CmdlineError::TooLong { .. })));
-        let mut k = KernelCmdline::new(HostKind::Pvm, 0x510);
+        let mut k = KernelCmdline::new(HostKind::Pvm, 0x501);
         k.push("a\0b");
         assert!(matches!(k.build(), Err(CmdlineError::BadChar(_))));
-        let mut k = KernelCmdline::new(HostKind::Pvm, 0x510);
+        let mut k = KernelCmdline::new(HostKind::Pvm, 0x501);
         k.push("é");
         assert!(matches!(k.build(), Err(CmdlineError::BadChar(_))));
     }

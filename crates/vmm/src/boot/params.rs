@@ -198,10 +198,7 @@ mod tests {
     #[test]
     fn zero_page_keeps_bzimage_header() {
         let mut s = spec();
-        let mut hdr = setup_header::default();
-        hdr.version = 0x020f;
-        hdr.header = HDRS_MAGIC;
-        s.setup_header = Some(hdr);
+        s.setup_header = Some(setup_header { version: 0x020f, header: HDRS_MAGIC, ..Default::default() });
         s.initrd = None;
         let p = build(&s).unwrap();
         let (v, img) = (p.hdr.version, p.hdr.ramdisk_image);

@@ -31,7 +31,7 @@ pub const fn boot_gdt() -> [u64; 4] {
 
 /// The `kvm_segment` that loading `selector` from `entry` would produce.
 pub fn segment(selector: u16, entry: u64) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     if g == 1 {

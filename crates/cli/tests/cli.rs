@@ -1,0 +1,116 @@
+//! The `husk` binary's behaviour on bad input: clear errors with their
+//! causes and a hint, exit status 125 (as `docker run` uses for its own
+//! failures), nothing booted.
+
+use std::process::{Command, Output};
+
+fn husk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(args)
+        .output()
+        .expect("run husk")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("husk-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn missing_kernel_is_a_clear_error_with_a_hint() {
+    let o = husk(&["boot", "--kernel", "/nonexistent/vmlinux"]);
+    assert_eq!(o.status.code(), Some(125));
+    let e = stderr(&o);
+    assert!(e.contains("husk: error: cannot boot the guest"), "{e}");
+    assert!(
+        e.contains("caused by: kernel /nonexistent/vmlinux does not exist"),
+        "{e}"
+    );
+    assert!(
+        e.contains("hint: build the guest kernel with: guest-kernel/build.sh"),
+        "{e}"
+    );
+}
+
+#[test]
+fn garbage_kernel_is_rejected() {
+    let d = scratch("garbage");
+    let k = d.join("vmlinux");
+    std::fs::write(&k, b"definitely not a kernel").unwrap();
+    let o = husk(&["boot", "--kernel", k.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("is neither a vmlinux ELF nor a bzImage"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn too_little_memory_and_bad_cpu_counts_are_rejected() {
+    let d = scratch("mem");
+    let k = d.join("vmlinux");
+    std::fs::write(&k, b"\x7fELF").unwrap();
+    let o = husk(&["boot", "--kernel", k.to_str().unwrap(), "--memory", "8"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("8 MiB of guest memory is too little"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk(&["boot", "--kernel", k.to_str().unwrap(), "--cpus", "0"]);
+    assert!(
+        stderr(&o).contains("0 vCPUs requested; husk supports 1 to 32"),
+        "{}",
+        stderr(&o)
+    );
+    // A flag clap cannot parse: clap's own usage error.
+    let o = husk(&["boot", "--kernel", k.to_str().unwrap(), "--cpus", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("invalid value 'lots'"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn host_command_names_the_host_kind() {
+    let o = husk(&["host"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("host: "), "{out}");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(out.contains("PVM"), "{out}");
+        assert!(out.contains("compatibility mode"), "{out}");
+    }
+}
+
+#[test]
+fn pack_initramfs_writes_a_newc_archive() {
+    let d = scratch("pack");
+    std::fs::create_dir_all(d.join("root/etc")).unwrap();
+    std::fs::write(d.join("root/etc/hello"), b"hi").unwrap();
+    let out = d.join("rd.cpio");
+    let o = husk(&[
+        "pack-initramfs",
+        "--dir",
+        d.join("root").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(bytes.starts_with(b"070701"));
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("dev/console") && text.contains("etc/hello") && text.contains("TRAILER!!!")
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -1,0 +1,94 @@
+//! Boots the real guest kernel with a static test program as init and checks
+//! what it prints after making real system calls (write, getpid,
+//! clock_gettime, mmap, open/read of a file in the initramfs, fork + waitpid
+//! of a child that exits 3) and that its final power-off reaches the VMM as
+//! a clean exit. One boot serves every check: boots are slow on PVM hosts.
+
+use std::time::{Duration, Instant};
+
+use husk_e2e::{
+    Initramfs, boot, compile_static_c, guest_kernel, printk_time, repo_root, require_kvm, scratch,
+};
+use husk_vmm::{GuestExit, HostKind};
+
+#[test]
+fn guest_runs_user_space_and_powers_off() {
+    require_kvm();
+    let kernel = guest_kernel();
+    let dir = scratch("boot");
+    let init = dir.join("init");
+    compile_static_c(&repo_root().join("tests/guest/init.c"), &init);
+
+    let mut rd = Initramfs::new();
+    rd.file_from("init", 0o755, &init).unwrap();
+    rd.file(
+        "etc/husk-test.txt",
+        0o644,
+        b"hello from the initramfs\n".to_vec(),
+    )
+    .unwrap();
+    rd.char_dev("dev/console", 0o600, 5, 1).unwrap();
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, rd.to_bytes().unwrap()).unwrap();
+
+    let started = Instant::now();
+    let b = boot(&kernel, &initrd, "", Duration::from_secs(600));
+    let wall = started.elapsed();
+    let console = b.console;
+    let outcome = match b.result {
+        Ok(o) => o,
+        Err(e) => {
+            let mut chain = format!("{e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                chain.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            panic!("guest failed: {chain}\n--- console ---\n{console}");
+        }
+    };
+
+    // The checks, in the order init prints them.
+    let expected = [
+        "husk-test: write ok",
+        "husk-test: getpid 1",
+        "husk-test: clock_gettime monotonic",
+        "husk-test: mmap 1024 pages sum 130560",
+        "husk-test: read \"hello from the initramfs\"",
+        "husk-test: child exited 3",
+        "husk-test: done",
+    ];
+    let mut rest = console.as_str();
+    for line in expected {
+        match rest.find(line) {
+            Some(i) => rest = &rest[i + line.len()..],
+            None => panic!("missing (or out of order): {line:?}\n--- console ---\n{console}"),
+        }
+    }
+    assert!(!console.contains("husk-test: FAIL"), "{console}");
+    assert_eq!(
+        outcome.exit,
+        GuestExit::PowerOff,
+        "the guest should power off, not reboot"
+    );
+    assert!(console.contains("reboot: Power down"), "{console}");
+
+    // The compatibility mode is on exactly where the host needs it.
+    let pvm = outcome.host == HostKind::Pvm;
+    assert_eq!(outcome.pvm_compat, pvm);
+    assert_eq!(
+        console.contains("husk: PVM compatibility mode on"),
+        pvm,
+        "{console}"
+    );
+    assert_eq!(outcome.cmdline.contains("husk.pvm=1"), pvm);
+
+    eprintln!(
+        "e2e boot on {}: 'Run /init' at {:?} s guest time, last line at {:?} s, power-off after {:.2} s wall",
+        outcome.host,
+        printk_time(&console, "Run /init as init process"),
+        printk_time(&console, "reboot: Power down"),
+        wall.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
