@@ -1,4 +1,5 @@
-//! The port-I/O bus: maps guest I/O port ranges to devices.
+//! The port-I/O bus and the MMIO bus: map guest I/O port ranges and
+//! guest-physical address ranges to devices.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,22 @@ pub enum BusError {
         base: u16,
         /// Number of ports.
         len: u16,
+    },
+    /// An MMIO range is empty or wraps past the end of the address space.
+    #[error("invalid MMIO range {base:#x}+{len:#x}")]
+    InvalidMmioRange {
+        /// First address.
+        base: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// Two devices claim the same MMIO address.
+    #[error("MMIO range {base:#x}+{len:#x} overlaps a device already on the bus")]
+    MmioOverlap {
+        /// First address.
+        base: u64,
+        /// Length in bytes.
+        len: u64,
     },
 }
 
@@ -114,6 +131,94 @@ fn lock(dev: &Shared) -> std::sync::MutexGuard<'_, dyn PioDevice + 'static> {
     dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A device on the MMIO bus. `offset` is relative to the device's base
+/// address. Reads fill all of `data`; the bus passes it filled with all
+/// ones, which a device leaves for offsets it does not decode.
+pub trait MmioDevice: Send {
+    /// The guest reads `data.len()` bytes at `offset`.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// The guest writes `data` at `offset`.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+type SharedMmio = Arc<Mutex<dyn MmioDevice>>;
+
+/// MMIO devices by guest-physical range, for the vCPU threads' MMIO exits
+/// (`KVM_EXIT_MMIO`). Like [`PioBus`]: `O(log n)` lookups, cheap to clone,
+/// each device behind its own lock.
+#[derive(Default, Clone)]
+pub struct MmioBus {
+    // Keyed by base address; value is (length, device).
+    devices: BTreeMap<u64, (u64, SharedMmio)>,
+}
+
+impl std::fmt::Debug for MmioBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranges: Vec<_> = self
+            .devices
+            .iter()
+            .map(|(b, (l, _))| format!("{b:#x}+{l:#x}"))
+            .collect();
+        f.debug_struct("MmioBus").field("ranges", &ranges).finish()
+    }
+}
+
+impl MmioBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts `device` at `base..base+len`.
+    pub fn insert(&mut self, base: u64, len: u64, device: SharedMmio) -> Result<(), BusError> {
+        let Some(last) = len.checked_sub(1).and_then(|l| base.checked_add(l)) else {
+            return Err(BusError::InvalidMmioRange { base, len });
+        };
+        // The closest device starting at or below the new range's last byte.
+        if let Some((&b, &(l, _))) = self.devices.range(..=last).next_back()
+            && b + (l - 1) >= base
+        {
+            return Err(BusError::MmioOverlap { base, len });
+        }
+        self.devices.insert(base, (len, device));
+        Ok(())
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &SharedMmio)> {
+        let (&base, (len, dev)) = self.devices.range(..=addr).next_back()?;
+        (addr - base < *len).then_some((addr - base, dev))
+    }
+
+    /// Dispatches a guest read. Returns false if no device decodes `addr`
+    /// (`data` is then all ones).
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        data.fill(0xff);
+        match self.find(addr) {
+            Some((offset, dev)) => {
+                lock_mmio(dev).read(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Dispatches a guest write. Returns false if no device decodes `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr) {
+            Some((offset, dev)) => {
+                lock_mmio(dev).write(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock_mmio(dev: &SharedMmio) -> std::sync::MutexGuard<'_, dyn MmioDevice + 'static> {
+    // As for port I/O: a poisoned device is still memory-safe.
+    dev.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +245,7 @@ mod tests {
         let mut d = [0u8; 1];
         assert!(bus.read(0x3fd, &mut d));
         assert_eq!(d, [5]);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert_eq!(a.lock().unwrap().writes, vec![(0, vec![b'x'])]);
         // Just past the end, and just before the start.
         assert!(!bus.read(0x400, &mut d));
@@ -176,5 +281,70 @@ mod tests {
             Err(BusError::InvalidRange { .. })
         ));
         bus.insert(0xffff, 1, dev()).unwrap();
+    }
+
+    #[derive(Default)]
+    struct MmioRecorder {
+        writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl MmioDevice for MmioRecorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.writes.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn mmio_routes_by_range_and_offset() {
+        let mut bus = MmioBus::new();
+        let a = Arc::new(Mutex::new(MmioRecorder::default()));
+        let b = Arc::new(Mutex::new(MmioRecorder::default()));
+        bus.insert(0xd000_0000, 0x1000, a.clone()).unwrap();
+        bus.insert(0xd000_1000, 0x1000, b.clone()).unwrap();
+        let mut d = [0u8; 4];
+        assert!(bus.read(0xd000_0070, &mut d));
+        assert_eq!(d, [0x70; 4]);
+        assert!(bus.write(0xd000_1050, &[1, 0, 0, 0]));
+        assert!(bus.write(0xd000_0fff, &[9]));
+        assert_eq!(b.lock().unwrap().writes, vec![(0x50, vec![1, 0, 0, 0])]);
+        assert_eq!(a.lock().unwrap().writes, vec![(0xfff, vec![9])]);
+        // Outside both.
+        assert!(!bus.read(0xd000_2000, &mut d));
+        assert_eq!(d, [0xff; 4]);
+        assert!(!bus.write(0xcfff_ffff, &[0]));
+        assert!(!bus.read(0, &mut d));
+    }
+
+    #[test]
+    fn mmio_rejects_overlaps_and_bad_ranges() {
+        let mut bus = MmioBus::new();
+        let dev = || Arc::new(Mutex::new(MmioRecorder::default()));
+        bus.insert(0x1000, 0x1000, dev()).unwrap();
+        for (base, len) in [(0x1fff, 1), (0x800, 0x801), (0, u64::MAX), (0x1800, 0x10)] {
+            assert!(
+                matches!(
+                    bus.insert(base, len, dev()),
+                    Err(BusError::MmioOverlap { .. })
+                ),
+                "{base:#x}+{len:#x}"
+            );
+        }
+        assert!(matches!(
+            bus.insert(u64::MAX, 2, dev()),
+            Err(BusError::InvalidMmioRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x5000, 0, dev()),
+            Err(BusError::InvalidMmioRange { .. })
+        ));
+        bus.insert(0x2000, 0x1000, dev()).unwrap();
+        bus.insert(0x800, 0x800, dev()).unwrap();
+        bus.insert(u64::MAX, 1, dev()).unwrap();
+        let mut d = [0u8; 1];
+        assert!(bus.read(u64::MAX, &mut d));
+        assert_eq!(d, [0]);
     }
 }
