@@ -34,6 +34,8 @@ fn husk_once(kernel: &std::path::Path, initrd: &std::path::Path) -> Sample {
         compat: CompatMode::Auto,
         console: Box::new(console.clone()),
         timeout: Some(Duration::from_secs(600)),
+        vsock: None,
+        exit: None,
     })
     .expect("husk boot");
     let wall = t.elapsed();

@@ -140,6 +140,8 @@ pub fn boot(kernel: &Path, initrd: &Path, cmdline: &str, timeout: Duration) -> B
         compat: CompatMode::Auto,
         console: Box::new(console.clone()),
         timeout: Some(timeout),
+        vsock: None,
+        exit: None,
     });
     Boot {
         result,
@@ -153,4 +155,142 @@ pub fn printk_time(console: &str, needle: &str) -> Option<f64> {
     let line = console.lines().find(|l| l.contains(needle))?;
     let inner = line.trim_start().strip_prefix('[')?.split(']').next()?;
     inner.trim().parse().ok()
+}
+
+/// The guest agent, built static (glibc, crt-static) for the guest:
+/// `$HUSK_AGENT` if set, else built once per test process with cargo into
+/// `target/agent`.
+pub fn agent_binary() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            if let Some(a) = std::env::var_os("HUSK_AGENT") {
+                return PathBuf::from(a);
+            }
+            let root = repo_root();
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&root)
+                .env("RUSTFLAGS", AGENT_RUSTFLAGS)
+                .args([
+                    "build",
+                    "-q",
+                    "--release",
+                    "-p",
+                    "husk-agent",
+                    "--target",
+                    AGENT_TARGET,
+                    "--target-dir",
+                ])
+                .arg(root.join("target/agent"))
+                .status()
+                .expect("run cargo to build the guest agent");
+            assert!(status.success(), "building the guest agent failed");
+            root.join("target/agent")
+                .join(AGENT_TARGET)
+                .join("release/husk-agent")
+        })
+        .clone()
+}
+
+/// The agent's target: the host's, linked statically (`--target` keeps the
+/// flags off build scripts and proc macros).
+pub const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// Static, without debug info (the initramfs is unpacked by the guest
+/// kernel, which is slow where it is emulated).
+pub const AGENT_RUSTFLAGS: &str = "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols";
+
+/// A container root with Debian's static busybox as `/bin/busybox` and a
+/// symlink for each of its applets, built once per test process.
+pub fn busybox_rootfs() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let bb = Path::new("/bin/busybox");
+        assert!(
+            bb.exists(),
+            "/bin/busybox is missing: install it with apt-get install busybox-static"
+        );
+        let root = scratch("busybox-rootfs");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for d in ["etc", "tmp", "root"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy(bb, bin.join("busybox")).unwrap();
+        let list = Command::new(bb)
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.is_empty() {
+                let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+            }
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        root
+    })
+    .clone()
+}
+
+/// A sandbox configuration for tests: the test kernel, agent and `rootfs`.
+pub fn sandbox_config(name: &str, rootfs: &Path) -> husk_runtime::SandboxConfig {
+    husk_runtime::SandboxConfig {
+        kernel: guest_kernel(),
+        agent: agent_binary(),
+        rootfs: Some(rootfs.to_owned()),
+        mem_size: 128 << 20,
+        vcpus: 1,
+        dir: scratch(name),
+        boot_timeout: Duration::from_secs(600),
+        cmdline_extra: String::new(),
+        console_to_stderr: std::env::var_os("HUSK_E2E_CONSOLE").is_some(),
+    }
+}
+
+/// A stream sink the test can read while a process writes to it.
+#[derive(Clone, Default, Debug)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// The bytes so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+    /// The bytes so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    /// How many bytes so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    /// Whether nothing arrived yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Waits until the text contains `needle`, at most `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if self.text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

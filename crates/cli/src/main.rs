@@ -1,5 +1,8 @@
 //! The `husk` command.
 
+mod run;
+mod term;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,6 +29,8 @@ struct Cli {
 enum Command {
     /// Boot a kernel and initramfs and stream the guest's serial console (for debugging).
     Boot(BootArgs),
+    /// Run a command in a new container, in its own microVM.
+    Run(run::RunArgs),
     /// Show what kind of KVM this host has and what husk will do about it.
     Host,
     /// Pack a directory into an initramfs (newc cpio) for `husk boot`.
@@ -88,6 +93,8 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         },
         console: Box::new(std::io::stdout()),
         timeout: args.timeout.map(Duration::from_secs),
+        vsock: None,
+        exit: None,
     };
     let outcome = husk_vmm::run(config).context("cannot boot the guest")?;
     let what = match outcome.exit {
@@ -153,6 +160,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args),
         Command::Host => Ok(host()),
+        Command::Run(args) => run::run(args),
         Command::PackInitramfs { dir, output } => pack_initramfs(&dir, &output),
     };
     match result {

@@ -60,6 +60,10 @@ pub struct RunSpec {
     pub tty: bool,
     /// Initial terminal size, when `tty`.
     pub term_size: Option<TermSize>,
+    /// This is the container's main process: when it has exited and its
+    /// connection is closed, the agent powers the VM off (a container ends
+    /// when its main process does). At most one per sandbox.
+    pub main: bool,
 }
 
 impl RunSpec {
@@ -80,7 +84,14 @@ impl RunSpec {
             gid: 0,
             tty: false,
             term_size: None,
+            main: false,
         }
+    }
+
+    /// Marks this as the container's main process.
+    pub fn main(mut self) -> Self {
+        self.main = true;
+        self
     }
 
     /// Adds the environment variable `name=value`.

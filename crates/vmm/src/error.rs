@@ -63,6 +63,12 @@ pub enum VmmError {
     /// Device bus layout.
     #[error("cannot place a device on the I/O bus")]
     Bus(#[from] husk_devices::BusError),
+    /// A virtio-mmio transport could not be created.
+    #[error("cannot create a virtio-mmio transport")]
+    Transport(#[source] husk_devices::virtio::TransportError),
+    /// The vsock device could not be created.
+    #[error("cannot create the vsock device")]
+    Vsock(#[source] husk_devices::VsockError),
     /// Guest memory write.
     #[error("cannot write the {0} into guest memory")]
     GuestMemory(&'static str, #[source] vm_memory::GuestMemoryError),

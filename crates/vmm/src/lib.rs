@@ -16,5 +16,5 @@ pub mod x86_64;
 
 pub use error::VmmError;
 pub use host::HostKind;
-pub use husk_devices::GuestExit;
-pub use vm::{CompatMode, VmConfig, VmOutcome, run};
+pub use husk_devices::{ExitNotifier, GuestExit};
+pub use vm::{CompatMode, VmConfig, VmOutcome, VsockSpec, run};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use husk_devices::{ExitNotifier, GuestExit, PioBus};
+use husk_devices::{ExitNotifier, GuestExit, MmioBus, PioBus};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -87,6 +87,8 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     /// Port-I/O devices.
     pub bus: PioBus,
+    /// MMIO devices (virtio-mmio).
+    pub mmio: MmioBus,
     /// Devices report guest-initiated stops here.
     pub exit: ExitNotifier,
     /// Set by the VMM to ask this vCPU to return.
@@ -125,12 +127,15 @@ impl Vcpu {
                     None
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    log::trace!("vCPU {index}: read of unclaimed MMIO {addr:#x}");
-                    data.fill(0xff);
+                    if !self.mmio.read(addr, data) {
+                        log::trace!("vCPU {index}: read of unclaimed MMIO {addr:#x}");
+                    }
                     None
                 }
-                Ok(VcpuExit::MmioWrite(addr, _)) => {
-                    log::trace!("vCPU {index}: write to unclaimed MMIO {addr:#x}");
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if !self.mmio.write(addr, data) {
+                        log::trace!("vCPU {index}: write to unclaimed MMIO {addr:#x}");
+                    }
                     None
                 }
                 // With the in-kernel LAPIC, HLT only exits when the vCPU can

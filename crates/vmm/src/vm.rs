@@ -61,6 +61,76 @@ pub struct VmConfig {
     pub console: Box<dyn Write + Send>,
     /// Stop the guest (with an error) if it runs longer than this.
     pub timeout: Option<Duration>,
+    /// A virtio-vsock device whose host side is this Unix socket (the
+    /// hybrid-vsock convention: host programs connect and write
+    /// `CONNECT <port>`), with the guest's context id.
+    pub vsock: Option<VsockSpec>,
+    /// Shared with the caller, who can stop the VM early by notifying it
+    /// (the guest is then stopped as if it had powered off).
+    pub exit: Option<ExitNotifier>,
+}
+
+/// The vsock device of a VM.
+#[derive(Debug, Clone)]
+pub struct VsockSpec {
+    /// Host-side Unix socket path.
+    pub uds_path: PathBuf,
+    /// The guest's context id (3 or more).
+    pub cid: u64,
+}
+
+/// Where virtio-mmio devices go: the first 4 KiB window, and the first
+/// legacy IRQ line (COM1 has 4).
+const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+const VIRTIO_FIRST_IRQ: u32 = 5;
+
+/// A virtio-mmio device placed in the VM.
+struct PlacedDevice {
+    transport: Arc<Mutex<dyn Shutdown>>,
+}
+
+trait Shutdown: Send {
+    fn shutdown(&mut self);
+}
+
+impl<D: husk_devices::VirtioDevice> Shutdown for husk_devices::MmioTransport<D> {
+    fn shutdown(&mut self) {
+        husk_devices::MmioTransport::shutdown(self);
+    }
+}
+
+/// Puts `device` on the MMIO bus at the next window, wires its interrupt
+/// (irqfd) and queue notifications (ioeventfd, where KVM offers it), and
+/// announces it on the command line.
+fn attach_virtio<D: husk_devices::VirtioDevice + 'static>(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut husk_devices::MmioBus,
+    cmdline: &mut KernelCmdline,
+    placed: &mut Vec<PlacedDevice>,
+    device: D,
+) -> Result<(), VmmError> {
+    let index = placed.len() as u64;
+    let base = VIRTIO_MMIO_START + index * husk_devices::MMIO_WINDOW_SIZE;
+    let irq = VIRTIO_FIRST_IRQ + index as u32;
+    let transport =
+        husk_devices::MmioTransport::new(device, mem.clone()).map_err(VmmError::Transport)?;
+    vm.register_irqfd(transport.interrupt().irqfd(), irq)
+        .map_err(kvm_err("virtio interrupt (irqfd)"))?;
+    for (q, evt) in transport.queue_evts().iter().enumerate() {
+        let addr = kvm_ioctls::IoEventAddress::Mmio(base + husk_devices::virtio::NOTIFY_REG_OFFSET);
+        if let Err(e) = vm.register_ioevent(evt, &addr, q as u32) {
+            // The transport signals the queue itself on the MMIO exit.
+            log::debug!(
+                "no ioeventfd for queue {q} at {base:#x}: {e}; notifications go through MMIO exits"
+            );
+        }
+    }
+    cmdline.push(husk_devices::mmio_cmdline_arg(base, irq));
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(base, husk_devices::MMIO_WINDOW_SIZE, transport.clone())?;
+    placed.push(PlacedDevice { transport });
+    Ok(())
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -73,6 +143,7 @@ impl std::fmt::Debug for VmConfig {
             .field("vcpus", &self.vcpus)
             .field("compat", &self.compat)
             .field("timeout", &self.timeout)
+            .field("vsock", &self.vsock)
             .finish_non_exhaustive()
     }
 }
@@ -205,6 +276,16 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
     };
     let mut cmdline =
         KernelCmdline::new(if pvm_compat { HostKind::Pvm } else { host }, POWEROFF_PORT);
+
+    // virtio-mmio devices (announced on the command line, so before it is built).
+    let mut mmio = husk_devices::MmioBus::new();
+    let mut placed = Vec::new();
+    if let Some(v) = &config.vsock {
+        let dev =
+            husk_devices::Vsock::new(husk_devices::VsockConfig::new(v.cid, v.uds_path.clone()))
+                .map_err(VmmError::Vsock)?;
+        attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, &mut placed, dev)?;
+    }
     cmdline.push(&config.cmdline_extra);
     let cmdline_str = cmdline.build()?;
     let mut kcmd = Cmdline::new(crate::layout::CMDLINE_MAX_SIZE).map_err(VmmError::LinuxCmdline)?;
@@ -229,7 +310,10 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
     );
 
     // Devices.
-    let exit = ExitNotifier::new().map_err(VmmError::EventFd)?;
+    let exit = match config.exit {
+        Some(e) => e,
+        None => ExitNotifier::new().map_err(VmmError::EventFd)?,
+    };
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("serial interrupt (irqfd)"))?;
@@ -269,6 +353,7 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
             index,
             fd,
             bus: bus.clone(),
+            mmio: mmio.clone(),
             exit: exit.clone(),
             stop: stop.clone(),
             mem: mem.clone(),
@@ -285,10 +370,21 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
     }
     drop(tx);
 
-    // Wait for the first vCPU to end (or the deadline), then stop the rest.
-    let first = match config.timeout {
-        Some(t) => rx.recv_timeout(t.saturating_sub(started.elapsed())).ok(),
-        None => rx.recv().ok(),
+    // Wait for the first vCPU to end, the caller to stop the VM, or the
+    // deadline; then stop the rest.
+    let deadline = config.timeout.map(|t| started + t);
+    let first = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(msg) => break Some(msg),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(e) = exit.get() {
+            break Some((u8::MAX, VcpuOutcome::Exit(e)));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break None;
+        }
     };
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -302,6 +398,13 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
         if t.is_finished() {
             let _ = t.join();
         }
+    }
+    // Stop device worker threads (they hold sockets and guest memory).
+    for d in &placed {
+        d.transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown();
     }
     let run_time = started.elapsed();
     let outcome = VmOutcome {

@@ -198,7 +198,11 @@ mod tests {
     #[test]
     fn zero_page_keeps_bzimage_header() {
         let mut s = spec();
-        s.setup_header = Some(setup_header { version: 0x020f, header: HDRS_MAGIC, ..Default::default() });
+        s.setup_header = Some(setup_header {
+            version: 0x020f,
+            header: HDRS_MAGIC,
+            ..Default::default()
+        });
         s.initrd = None;
         let p = build(&s).unwrap();
         let (v, img) = (p.hdr.version, p.hdr.ramdisk_image);

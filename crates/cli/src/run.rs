@@ -1,0 +1,250 @@
+//! `husk run`: a container process in its own microVM, with Docker's flags
+//! and exit-code conventions.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use husk_runtime::{ExitStatus, RunSpec, RuntimeError, SandboxConfig, Stdio, TermSize};
+
+use crate::term;
+
+/// `husk run` flags.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The container's root directory (its files are copied into the guest).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Set an environment variable (NAME=VALUE, or NAME to copy it from here).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// User (UID[:GID], numeric) to run as.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Keep stdin open and pass it to the container.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the container a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Guest memory in MiB.
+    #[arg(short = 'm', long = "memory", default_value_t = 256)]
+    pub memory: u64,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// The guest kernel (default: $HUSK_KERNEL, husk-vmlinux beside husk, or the newest built one).
+    #[arg(long, env = "HUSK_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// The guest agent (default: $HUSK_AGENT or husk-agent beside husk).
+    #[arg(long, env = "HUSK_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Copy the guest's kernel console to stderr.
+    #[arg(long)]
+    pub console: bool,
+    /// Extra guest kernel command-line arguments (debugging).
+    #[arg(long, default_value = "")]
+    pub kernel_args: String,
+    /// Seconds to wait for the guest to boot.
+    #[arg(long, default_value_t = 600)]
+    pub boot_timeout: u64,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true)]
+    pub command: Vec<String>,
+}
+
+fn beside_exe(name: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.join(name);
+    p.exists().then_some(p)
+}
+
+/// The guest kernel to use.
+pub fn find_kernel(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(k) = explicit.or_else(|| beside_exe("husk-vmlinux")) {
+        return Ok(k);
+    }
+    let home = std::env::var_os("HUSK_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("husk")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/husk")));
+    let newest = home.and_then(|h| {
+        std::fs::read_dir(h.join("kernel"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("vmlinux"))
+            .filter(|p| p.is_file())
+            .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+    });
+    newest.context("no guest kernel found (give --kernel or HUSK_KERNEL, or build one with guest-kernel/build.sh)")
+}
+
+fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    explicit
+        .or_else(|| beside_exe("husk-agent"))
+        .context("no guest agent found (give --agent or HUSK_AGENT; ./dev build puts husk-agent beside husk)")
+}
+
+fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid: u32 = u.parse().with_context(|| {
+        format!("--user {s}: only numeric UID[:GID] is supported without an image")
+    })?;
+    let gid: u32 = match g {
+        Some(g) => g
+            .parse()
+            .with_context(|| format!("--user {s}: GID must be numeric"))?,
+        None => uid,
+    };
+    Ok((uid, gid))
+}
+
+fn build_spec(args: &RunArgs, size: Option<TermSize>) -> anyhow::Result<RunSpec> {
+    let mut spec = RunSpec::new(&args.command);
+    // Docker's defaults for a container without an image config.
+    spec = spec.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    spec = spec.env("HOSTNAME", "husk");
+    if args.tty {
+        spec = spec.env(
+            "TERM",
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+        );
+    }
+    for e in &args.env {
+        match e.split_once('=') {
+            Some(("", _)) => bail!("-e {e}: empty variable name"),
+            Some((k, v)) => spec = spec.env(k, v),
+            None => {
+                if let Some(v) = std::env::var_os(e) {
+                    spec = spec.env(e, v);
+                }
+            }
+        }
+    }
+    if let Some(w) = &args.workdir {
+        if !w.starts_with('/') {
+            bail!("-w {w}: the working directory must be an absolute path");
+        }
+        spec = spec.cwd(w);
+    }
+    if let Some(u) = &args.user {
+        let (uid, gid) = parse_user(u)?;
+        spec = spec.user(uid, gid);
+    }
+    if args.tty {
+        spec = spec.tty(size);
+    }
+    Ok(spec)
+}
+
+/// Runs the container; returns the exit code `husk run` exits with.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.rootfs.is_dir() {
+        bail!("--rootfs {}: not a directory", args.rootfs.display());
+    }
+    let kernel = find_kernel(args.kernel.clone())?;
+    let agent = find_agent(args.agent.clone())?;
+    let tty = args.tty && std::io::stdin().is_terminal();
+    let size = if tty { term::size(0) } else { None };
+    let spec = build_spec(&args, size)?;
+    // Signals go to the container: block them here (before any thread
+    // starts, so every thread inherits the mask) and forward from one thread.
+    let (ctl_tx, ctl_rx) = mpsc::channel();
+    term::forward_signals(ctl_tx, tty)?;
+    let dir = sandbox_dir()?;
+    let config = SandboxConfig {
+        kernel,
+        agent,
+        rootfs: Some(args.rootfs.clone()),
+        mem_size: args
+            .memory
+            .checked_mul(1 << 20)
+            .context("--memory is too large")?,
+        vcpus: args.cpus,
+        dir: dir.clone(),
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        cmdline_extra: args.kernel_args.clone(),
+        console_to_stderr: args.console,
+    };
+    let stdio = Stdio {
+        stdin: args
+            .interactive
+            .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+        stdout: Box::new(std::io::stdout()),
+        stderr: Box::new(std::io::stderr()),
+    };
+    let raw = if tty {
+        term::RawMode::enter(0).ok()
+    } else {
+        None
+    };
+    let result = husk_runtime::run(&config, spec, stdio, Some(ctl_rx));
+    drop(raw);
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(o) => {
+            log::info!(
+                "agent ready after {:.3} s; first output after {:?}; process ran {:.3} s",
+                o.boot_time.as_secs_f64(),
+                o.exec.first_output,
+                o.exec.total.as_secs_f64()
+            );
+            let code = match o.status {
+                ExitStatus::Code(c) => c,
+                ExitStatus::Signal(s) => 128 + s,
+            };
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        // Docker's codes: 127 the command was not found, 126 it could not run.
+        Err(RuntimeError::Start(msg)) => {
+            eprintln!("husk: error: cannot start the container process: {msg}");
+            Ok(ExitCode::from(if msg.contains("No such file") {
+                127
+            } else {
+                126
+            }))
+        }
+        Err(e) => Err(e).context("cannot run the container"),
+    }
+}
+
+fn sandbox_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base
+        .join("husk")
+        .join(format!("sandbox-{}-{}", std::process::id(), nanos()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users() {
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("1000:50").unwrap(), (1000, 50));
+        assert!(parse_user("nobody").is_err());
+        assert!(parse_user("1:x").is_err());
+    }
+}

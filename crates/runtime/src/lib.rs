@@ -1,0 +1,483 @@
+//! The sandbox: one microVM running husk's guest agent, and the processes it
+//! runs for the host.
+//!
+//! [`Sandbox::start`] packs the agent (as `/init`) and the container's root
+//! directory (as `/rootfs`) into an initramfs, boots the VM on a thread with a
+//! vsock device whose host side is a Unix socket in the sandbox's directory,
+//! and waits for the agent to answer. [`Sandbox::exec`] runs one process
+//! over its own vsock connection, streaming stdio and forwarding signals,
+//! and returns its exit status. The process marked [`RunSpec::main`] is the
+//! container's main process: the agent powers the VM off when it has exited
+//! and its connection is closed. [`run`] does all of it for `husk run`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{Event, FrameReader, FrameWriter, MAX_DATA_CHUNK, Request};
+pub use husk_protocol::{ExitStatus, RunSpec, TermSize};
+use husk_vmm::{CompatMode, ExitNotifier, GuestExit, VmConfig, VmOutcome, VmmError, VsockSpec};
+
+/// Errors running a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Preparing the sandbox directory or initramfs failed.
+    #[error("cannot prepare the sandbox in {path}")]
+    Prepare {
+        /// The directory or file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Packing the initramfs failed.
+    #[error("cannot pack the guest's initramfs")]
+    Initramfs(#[source] husk_initramfs::InitramfsError),
+    /// The VM failed to boot or stopped with an error.
+    #[error("the microVM failed")]
+    Vm(#[source] VmmError),
+    /// The VM stopped before the agent answered.
+    #[error(
+        "the microVM stopped before its agent answered (the guest console log is in {console})"
+    )]
+    VmStoppedEarly {
+        /// Where the guest's console output went.
+        console: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the guest agent did not answer within {0:?}")]
+    AgentTimeout(Duration),
+    /// Reaching the agent failed.
+    #[error("cannot reach the guest agent")]
+    Connect(#[source] husk_protocol::hybrid::HybridError),
+    /// The conversation with the agent failed.
+    #[error("talking to the guest agent failed")]
+    Protocol(#[source] husk_protocol::ProtocolError),
+    /// The agent could not start the process.
+    #[error("cannot start the container process: {0}")]
+    Start(String),
+    /// The connection ended without an exit status.
+    #[error("the guest agent closed the connection before the process exited")]
+    NoExitStatus,
+}
+
+/// How to build a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest agent binary (static), packed as `/init`.
+    pub agent: PathBuf,
+    /// The container's root directory, packed as `/rootfs` (until virtio-fs).
+    pub rootfs: Option<PathBuf>,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// A directory of its own for this sandbox (socket, initramfs, console log).
+    pub dir: PathBuf,
+    /// How long to wait for the agent after starting the VM.
+    pub boot_timeout: Duration,
+    /// Extra kernel command-line arguments.
+    pub cmdline_extra: String,
+    /// Also copy the guest console to this process's stderr.
+    pub console_to_stderr: bool,
+}
+
+/// Where a process's streams come from and go to.
+pub struct Stdio {
+    /// Its stdin (`None`: closed at once, as `docker run` without `-i`).
+    pub stdin: Option<Box<dyn Read + Send>>,
+    /// Its stdout (and its terminal, with a tty).
+    pub stdout: Box<dyn Write + Send>,
+    /// Its stderr.
+    pub stderr: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for Stdio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stdio")
+            .field("stdin", &self.stdin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the host sends a running process besides stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Deliver this signal.
+    Signal(i32),
+    /// Its terminal changed size.
+    Resize(TermSize),
+}
+
+/// What a process run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecTimes {
+    /// From connecting to the agent to the first byte of output, if any.
+    pub first_output: Option<Duration>,
+    /// From connecting to the exit status.
+    pub total: Duration,
+}
+
+/// A running microVM with its agent.
+pub struct Sandbox {
+    uds: PathBuf,
+    console_log: PathBuf,
+    exit: ExitNotifier,
+    vm: Option<JoinHandle<Result<VmOutcome, VmmError>>>,
+    /// From starting the VM to the agent's first answer.
+    pub boot_time: Duration,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("uds", &self.uds)
+            .field("boot_time", &self.boot_time)
+            .finish()
+    }
+}
+
+fn prep(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Prepare {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Copies the guest console to a log file and, optionally, stderr.
+struct ConsoleSink {
+    file: std::fs::File,
+    tee: bool,
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        if self.tee {
+            let _ = std::io::stderr().write_all(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Builds the guest's initramfs: the agent as `/init`, the container root
+/// under `/rootfs`.
+pub fn build_initramfs(agent: &Path, rootfs: Option<&Path>) -> Result<Vec<u8>, RuntimeError> {
+    let mut rd = husk_initramfs::Initramfs::new();
+    rd.file_from("init", 0o755, agent)
+        .map_err(RuntimeError::Initramfs)?;
+    rd.char_dev("dev/console", 0o600, 5, 1)
+        .map_err(RuntimeError::Initramfs)?;
+    for d in ["proc", "sys", "tmp", "dev/pts", "dev/shm"] {
+        rd.dir(d, 0o755).map_err(RuntimeError::Initramfs)?;
+    }
+    if let Some(root) = rootfs {
+        rd.dir("rootfs", 0o755).map_err(RuntimeError::Initramfs)?;
+        rd.add_tree(root, "rootfs")
+            .map_err(RuntimeError::Initramfs)?;
+    }
+    rd.to_bytes().map_err(RuntimeError::Initramfs)
+}
+
+impl Sandbox {
+    /// Boots the VM and waits for its agent.
+    pub fn start(config: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
+        std::fs::create_dir_all(&config.dir).map_err(prep(&config.dir))?;
+        let uds = config.dir.join("vsock.sock");
+        let _ = std::fs::remove_file(&uds);
+        let initrd = config.dir.join("initrd.cpio");
+        let bytes = build_initramfs(&config.agent, config.rootfs.as_deref())?;
+        std::fs::write(&initrd, bytes).map_err(prep(&initrd))?;
+        let console_log = config.dir.join("console.log");
+        let file = std::fs::File::create(&console_log).map_err(prep(&console_log))?;
+        let exit = ExitNotifier::new().map_err(prep(&config.dir))?;
+        let vm_config = VmConfig {
+            kernel: config.kernel.clone(),
+            initrd: Some(initrd),
+            cmdline_extra: format!("quiet {}", config.cmdline_extra),
+            mem_size: config.mem_size,
+            vcpus: config.vcpus,
+            compat: CompatMode::Auto,
+            console: Box::new(ConsoleSink {
+                file,
+                tee: config.console_to_stderr,
+            }),
+            timeout: None,
+            vsock: Some(VsockSpec {
+                uds_path: uds.clone(),
+                cid: husk_protocol::GUEST_CID,
+            }),
+            exit: Some(exit.clone()),
+        };
+        let started = Instant::now();
+        let vm = std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || husk_vmm::run(vm_config))
+            .map_err(prep(&config.dir))?;
+        let mut sandbox = Sandbox {
+            uds,
+            console_log,
+            exit,
+            vm: Some(vm),
+            boot_time: Duration::ZERO,
+        };
+        // Wait for the agent: retry while the VM runs.
+        loop {
+            if sandbox.vm.as_ref().is_some_and(|h| h.is_finished()) {
+                return Err(match sandbox.vm.take().map(|h| h.join()) {
+                    Some(Ok(Err(e))) => RuntimeError::Vm(e),
+                    _ => RuntimeError::VmStoppedEarly {
+                        console: sandbox.console_log.display().to_string(),
+                    },
+                });
+            }
+            if started.elapsed() > config.boot_timeout {
+                sandbox.kill();
+                return Err(RuntimeError::AgentTimeout(config.boot_timeout));
+            }
+            match husk_protocol::hybrid::connect_retry(
+                &sandbox.uds,
+                husk_protocol::AGENT_PORT,
+                Duration::from_millis(500),
+            ) {
+                Ok(probe) => {
+                    // Check the agent speaks our protocol; a connection that
+                    // closes without a Run is ignored by the agent.
+                    let hello = probe
+                        .try_clone()
+                        .map_err(|e| RuntimeError::Protocol(husk_protocol::ProtocolError::Io(e)));
+                    let hello = hello.and_then(|r| {
+                        let mut reader = FrameReader::new(r);
+                        let mut writer = FrameWriter::new(probe);
+                        husk_protocol::host_handshake(
+                            &mut reader,
+                            &mut writer,
+                            concat!("husk ", env!("CARGO_PKG_VERSION")),
+                        )
+                        .map_err(RuntimeError::Protocol)
+                    });
+                    if let Err(e) = hello {
+                        sandbox.kill();
+                        return Err(e);
+                    }
+                    break;
+                }
+                Err(husk_protocol::hybrid::HybridError::Timeout { .. }) => continue,
+                Err(e) => {
+                    sandbox.kill();
+                    return Err(RuntimeError::Connect(e));
+                }
+            }
+        }
+        sandbox.boot_time = started.elapsed();
+        Ok(sandbox)
+    }
+
+    /// Where the guest's console output goes.
+    pub fn console_log(&self) -> &Path {
+        &self.console_log
+    }
+
+    fn connect(&self) -> Result<UnixStream, RuntimeError> {
+        husk_protocol::hybrid::connect_retry(
+            &self.uds,
+            husk_protocol::AGENT_PORT,
+            Duration::from_secs(30),
+        )
+        .map_err(RuntimeError::Connect)
+    }
+
+    /// Runs a process in the sandbox and waits for it: its output goes to
+    /// `stdio`, and what arrives on `control` (signals, terminal resizes)
+    /// is passed to it.
+    pub fn exec(
+        &self,
+        spec: RunSpec,
+        stdio: Stdio,
+        control: Option<Receiver<Control>>,
+    ) -> Result<(ExitStatus, ExecTimes), RuntimeError> {
+        let t0 = Instant::now();
+        let stream = self.connect()?;
+        let mut reader = FrameReader::new(
+            stream
+                .try_clone()
+                .map_err(|e| RuntimeError::Protocol(husk_protocol::ProtocolError::Io(e)))?,
+        );
+        let mut writer = FrameWriter::new(
+            stream
+                .try_clone()
+                .map_err(|e| RuntimeError::Protocol(husk_protocol::ProtocolError::Io(e)))?,
+        );
+        husk_protocol::host_handshake(
+            &mut reader,
+            &mut writer,
+            concat!("husk ", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(RuntimeError::Protocol)?;
+        writer
+            .send(&Request::Run(spec))
+            .map_err(RuntimeError::Protocol)?;
+        match reader.recv::<Event>().map_err(RuntimeError::Protocol)? {
+            Some(Event::Started { pid }) => {
+                log::debug!("container process started as guest pid {pid}")
+            }
+            Some(Event::Error { message }) => return Err(RuntimeError::Start(message)),
+            Some(other) => return Err(RuntimeError::Start(format!("unexpected answer {other:?}"))),
+            None => return Err(RuntimeError::NoExitStatus),
+        }
+        let writer = std::sync::Arc::new(std::sync::Mutex::new(writer));
+
+        // stdin: copied in chunks; end-of-file closes the process's stdin.
+        // The thread is not joined: a process that never reads its stdin must
+        // not keep us waiting.
+        {
+            let writer = writer.clone();
+            let stdin = stdio.stdin;
+            std::thread::spawn(move || {
+                let send = |r: Request| {
+                    writer
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .send(&r)
+                        .is_ok()
+                };
+                if let Some(mut input) = stdin {
+                    let mut buf = vec![0u8; MAX_DATA_CHUNK];
+                    loop {
+                        match input.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if !send(Request::Stdin {
+                                    data: buf[..n].to_vec(),
+                                }) {
+                                    return;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                send(Request::CloseStdin);
+            });
+        }
+        if let Some(control) = control {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                while let Ok(c) = control.recv() {
+                    let req = match c {
+                        Control::Signal(signo) => Request::Signal { signo },
+                        Control::Resize(TermSize { rows, cols }) => Request::Resize { rows, cols },
+                    };
+                    if writer
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .send(&req)
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        let (mut out, mut err) = (stdio.stdout, stdio.stderr);
+        let mut first_output = None;
+        let status = loop {
+            match reader.recv::<Event>().map_err(RuntimeError::Protocol)? {
+                Some(Event::Stdout { data }) => {
+                    first_output.get_or_insert_with(|| t0.elapsed());
+                    let _ = out.write_all(&data).and_then(|()| out.flush());
+                }
+                Some(Event::Stderr { data }) => {
+                    first_output.get_or_insert_with(|| t0.elapsed());
+                    let _ = err.write_all(&data).and_then(|()| err.flush());
+                }
+                Some(Event::Exited(st)) => break st,
+                Some(Event::Error { message }) => log::warn!("guest agent: {message}"),
+                Some(other) => log::debug!("ignoring {other:?}"),
+                None => return Err(RuntimeError::NoExitStatus),
+            }
+        };
+        // Closing the connection tells the agent we are done with it.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        Ok((
+            status,
+            ExecTimes {
+                first_output,
+                total: t0.elapsed(),
+            },
+        ))
+    }
+
+    /// Waits for the VM to stop by itself (the agent powers it off after the
+    /// main process), at most `timeout`; then stops it.
+    pub fn wait(mut self, timeout: Duration) -> Result<Option<VmOutcome>, RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        while self.vm.as_ref().is_some_and(|h| !h.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.vm.as_ref().is_some_and(|h| !h.is_finished()) {
+            log::warn!("the guest did not power off within {timeout:?}; stopping it");
+            self.exit.notify(GuestExit::PowerOff);
+        }
+        match self.vm.take().map(|h| h.join()) {
+            Some(Ok(Ok(o))) => Ok(Some(o)),
+            Some(Ok(Err(e))) => Err(RuntimeError::Vm(e)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stops the VM now.
+    pub fn kill(&mut self) {
+        self.exit.notify(GuestExit::PowerOff);
+        if let Some(h) = self.vm.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What `husk run` measured.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOutcome {
+    /// How the container's process ended.
+    pub status: ExitStatus,
+    /// VM start to agent ready.
+    pub boot_time: Duration,
+    /// The process's own timings.
+    pub exec: ExecTimes,
+}
+
+/// Boots a sandbox, runs `spec` as its main process, and stops it.
+pub fn run(
+    config: &SandboxConfig,
+    spec: RunSpec,
+    stdio: Stdio,
+    control: Option<Receiver<Control>>,
+) -> Result<RunOutcome, RuntimeError> {
+    let sandbox = Sandbox::start(config)?;
+    let boot_time = sandbox.boot_time;
+    let (status, exec) = sandbox.exec(spec.main(), stdio, control)?;
+    sandbox.wait(Duration::from_secs(30))?;
+    Ok(RunOutcome {
+        status,
+        boot_time,
+        exec,
+    })
+}

@@ -1,0 +1,343 @@
+//! husk's guest agent: PID 1 in the microVM.
+//!
+//! It mounts the kernel filesystems, listens on vsock port
+//! [`husk_protocol::AGENT_PORT`], and for each connection from the host runs
+//! one process as asked, streaming its stdout and stderr back separately (or
+//! its terminal), passing stdin, signals and terminal resizes to it, and
+//! reporting its exit status after all its output. The process the host
+//! marks as the container's main process ends the sandbox: when it has
+//! exited and the host has closed its connection, the agent powers the VM
+//! off, as a container ends when its main process does.
+
+mod process;
+mod reaper;
+mod sys;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use husk_protocol::{Event, FrameReader, FrameWriter, MAX_DATA_CHUNK, Request, agent_handshake};
+
+use crate::reaper::Reaper;
+
+/// Where the container's root directory is, if the host packed one into the
+/// initramfs (virtio-fs comes later). Without it, processes run in the
+/// initramfs root.
+const CONTAINER_ROOT: &str = "/rootfs";
+/// How long the agent waits for the host to close the main process's
+/// connection before it powers off anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+fn log(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "husk-agent: {msg}");
+}
+
+fn setup_mounts(root: &str) {
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, libc::c_ulong, Option<&str>); 6] = [
+        ("proc", "proc", "proc", nosuid_nodev_noexec, None),
+        ("sysfs", "sys", "sysfs", nosuid_nodev_noexec, None),
+        (
+            "devtmpfs",
+            "dev",
+            "devtmpfs",
+            libc::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        (
+            "shm",
+            "dev/shm",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "tmp",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+    ];
+    for (src, dir, fs, flags, data) in mounts {
+        let target = format!("{root}/{dir}");
+        let _ = std::fs::create_dir_all(&target);
+        if let Err(e) = sys::mount(src, &target, fs, flags, data) {
+            // Already mounted (devtmpfs automount) is fine.
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                log(&format!("mount {fs} on {target}: {e}"));
+            }
+        }
+    }
+    // /dev/ptmx must be the devpts instance's.
+    let ptmx = format!("{root}/dev/ptmx");
+    let _ = std::fs::remove_file(&ptmx);
+    let _ = std::os::unix::fs::symlink("pts/ptmx", &ptmx);
+}
+
+type Writer = Arc<Mutex<FrameWriter<File>>>;
+
+fn send(w: &Writer, ev: &Event) -> bool {
+    w.lock().unwrap_or_else(|e| e.into_inner()).send(ev).is_ok()
+}
+
+/// Copies one output stream of the process to the host.
+fn pump(mut from: File, to: Writer, stderr: bool) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; MAX_DATA_CHUNK];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let data = buf[..n].to_vec();
+                    let ev = if stderr {
+                        Event::Stderr { data }
+                    } else {
+                        Event::Stdout { data }
+                    };
+                    if !send(&to, &ev) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // EIO: the terminal's last user went away.
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// Writes stdin chunks to the process from a bounded queue, so a process that
+/// never reads stdin blocks only this thread.
+fn stdin_writer(mut to: File) -> SyncSender<Option<Vec<u8>>> {
+    let (tx, rx) = sync_channel::<Option<Vec<u8>>>(16);
+    std::thread::spawn(move || {
+        while let Ok(Some(chunk)) = rx.recv() {
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        // Dropping `to` closes the process's stdin.
+    });
+    tx
+}
+
+struct Shared {
+    reaper: Reaper,
+    main_started: AtomicBool,
+    root: Option<String>,
+}
+
+fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
+    let mut reader = FrameReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = FrameWriter::new(conn);
+    agent_handshake(
+        &mut reader,
+        &mut writer,
+        concat!("husk-agent ", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(|e| format!("handshake: {e}"))?;
+    let writer: Writer = Arc::new(Mutex::new(writer));
+    let spec = match reader.recv::<Request>() {
+        Ok(Some(Request::Run(spec))) => spec,
+        Ok(None) => return Ok(()),
+        Ok(Some(other)) => {
+            let message = format!("expected Run, got {other:?}");
+            send(
+                &writer,
+                &Event::Error {
+                    message: message.clone(),
+                },
+            );
+            return Err(message);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let is_main = spec.main;
+    if is_main && shared.main_started.swap(true, Ordering::SeqCst) {
+        let message = "a main process was already started in this sandbox".to_owned();
+        send(
+            &writer,
+            &Event::Error {
+                message: message.clone(),
+            },
+        );
+        return Err(message);
+    }
+    let started = shared
+        .reaper
+        .spawn(|| process::start(&spec, shared.root.as_deref()));
+    let (pid, started) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let argv0 = String::from_utf8_lossy(spec.argv.first().map_or(&[][..], |a| a));
+            let message = format!("cannot start {argv0}: {e}");
+            send(
+                &writer,
+                &Event::Error {
+                    message: message.clone(),
+                },
+            );
+            if is_main {
+                power_off_after_close(&mut reader);
+            }
+            return Err(message);
+        }
+    };
+    let exit_rx = shared.reaper.watch(pid);
+    send(&writer, &Event::Started { pid: pid as u32 });
+
+    let out = pump(started.stdout, writer.clone(), false);
+    let err = started.stderr.map(|e| pump(e, writer.clone(), true));
+    let mut stdin = started.stdin.map(stdin_writer);
+    let pty = started.pty;
+
+    // The waiter: exit status, then the rest of the output, then Exited.
+    let exited = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let writer = writer.clone();
+        let exited = exited.clone();
+        std::thread::spawn(move || {
+            let status = exit_rx.recv().ok();
+            let _ = out.join();
+            if let Some(e) = err {
+                let _ = e.join();
+            }
+            if let Some(st) = status {
+                send(&writer, &Event::Exited(st));
+            }
+            exited.store(true, Ordering::SeqCst);
+        })
+    };
+
+    // Requests until the host closes the connection.
+    loop {
+        match reader.recv::<Request>() {
+            Ok(Some(Request::Stdin { data })) => {
+                if let Some(tx) = &stdin
+                    && tx.send(Some(data)).is_err()
+                {
+                    stdin = None;
+                }
+            }
+            Ok(Some(Request::CloseStdin)) => {
+                if let Some(tx) = stdin.take() {
+                    let _ = tx.send(None);
+                }
+            }
+            Ok(Some(Request::Signal { signo })) => {
+                if !exited.load(Ordering::SeqCst)
+                    && let Err(e) = sys::kill(pid, signo)
+                {
+                    send(
+                        &writer,
+                        &Event::Error {
+                            message: format!("signal {signo}: {e}"),
+                        },
+                    );
+                }
+            }
+            Ok(Some(Request::Resize { rows, cols })) => {
+                if let Some(p) = &pty {
+                    let _ = process::resize(p, rows, cols);
+                }
+            }
+            Ok(Some(Request::Wait)) => {
+                // Exited is sent by the waiter when the process ends.
+            }
+            Ok(Some(other)) => {
+                send(
+                    &writer,
+                    &Event::Error {
+                        message: format!("unexpected request {other:?}"),
+                    },
+                );
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    drop(stdin);
+    if is_main {
+        // The host closed the main process's connection: once the process
+        // has exited, the container is over.
+        let _ = waiter.join();
+        log("container exited; powering off");
+        power_off();
+    }
+    Ok(())
+}
+
+fn power_off_after_close(reader: &mut FrameReader<File>) {
+    let deadline = std::time::Instant::now() + CLOSE_GRACE;
+    while std::time::Instant::now() < deadline {
+        match reader.recv::<Request>() {
+            Ok(Some(_)) => continue,
+            _ => break,
+        }
+    }
+    power_off();
+}
+
+fn power_off() -> ! {
+    let e = sys::power_off();
+    log(&format!("power-off failed: {e}"));
+    std::process::exit(1);
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        log("must run as PID 1 in a husk guest");
+        std::process::exit(2);
+    }
+    setup_mounts("");
+    let root = std::path::Path::new(CONTAINER_ROOT).is_dir().then(|| {
+        setup_mounts(CONTAINER_ROOT);
+        CONTAINER_ROOT.to_owned()
+    });
+    let shared = Arc::new(Shared {
+        reaper: Reaper::start(),
+        main_started: AtomicBool::new(false),
+        root,
+    });
+    let listener = match sys::vsock_listen(husk_protocol::AGENT_PORT) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!(
+                "cannot listen on vsock port {}: {e}",
+                husk_protocol::AGENT_PORT
+            ));
+            power_off();
+        }
+    };
+    log(&format!(
+        "listening on vsock port {}",
+        husk_protocol::AGENT_PORT
+    ));
+    loop {
+        match sys::accept(&listener) {
+            Ok(conn) => {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve(conn, shared) {
+                        log(&e);
+                    }
+                });
+            }
+            Err(e) => {
+                log(&format!("accept: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Starting the container's process as the host's [`RunSpec`] says: in the
+//! container root, with exactly the given environment, working directory and
+//! user, in a new session, on pipes or on a pseudo-terminal.
+
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use husk_protocol::RunSpec;
+
+use crate::sys;
+
+/// The default terminal size when the host gives none.
+const DEFAULT_TERM: (u16, u16) = (24, 80);
+
+/// A started process and the host ends of its streams.
+pub struct Started {
+    /// Where its stdin goes (`None` after close).
+    pub stdin: Option<File>,
+    /// Its stdout (or the terminal's master side).
+    pub stdout: File,
+    /// Its stderr (`None` on a terminal).
+    pub stderr: Option<File>,
+    /// The terminal's master side, for resizing.
+    pub pty: Option<File>,
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())
+}
+
+/// Starts `spec` with `root` as its root directory (`None`: the agent's own).
+pub fn start(spec: &RunSpec, root: Option<&str>) -> io::Result<(i32, Started)> {
+    let argv0 = spec.argv.first().ok_or_else(|| invalid("empty argv"))?;
+    let mut cmd = Command::new(OsString::from_vec(argv0.clone()));
+    cmd.args(spec.argv[1..].iter().map(|a| OsString::from_vec(a.clone())));
+    cmd.env_clear();
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
+            return Err(invalid("bad environment variable"));
+        }
+        cmd.env(OsString::from_vec(k.clone()), OsString::from_vec(v.clone()));
+    }
+    let cwd = CString::new(spec.cwd.clone().unwrap_or_else(|| b"/".to_vec()))
+        .map_err(|_| invalid("NUL in cwd"))?;
+    let root = root
+        .map(|r| CString::new(r).map_err(|_| invalid("NUL in root")))
+        .transpose()?;
+    let (uid, gid, tty) = (spec.uid, spec.gid, spec.tty);
+
+    let mut pty: Option<(OwnedFd, OwnedFd)> = None;
+    if tty {
+        let (rows, cols) = spec.term_size.map_or(DEFAULT_TERM, |t| (t.rows, t.cols));
+        let (m, s) = sys::openpty(rows, cols)?;
+        cmd.stdin(Stdio::from(s.try_clone()?));
+        cmd.stdout(Stdio::from(s.try_clone()?));
+        cmd.stderr(Stdio::from(s.try_clone()?));
+        pty = Some((m, s));
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+
+    // Runs in the forked child before exec: only async-signal-safe system
+    // calls on data prepared before the fork.
+    let setup = move || -> io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: setsid(2) takes no arguments.
+        check(unsafe { libc::setsid() })?;
+        if tty {
+            // SAFETY: fd 0 is the terminal's slave side; TIOCSCTTY takes an int.
+            check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })?;
+        }
+        if let Some(root) = &root {
+            // SAFETY: root is a valid NUL-terminated path.
+            check(unsafe { libc::chroot(root.as_ptr()) })?;
+        }
+        // SAFETY: cwd is a valid NUL-terminated path.
+        check(unsafe { libc::chdir(cwd.as_ptr()) })?;
+        // SAFETY: an empty group list may be a null pointer.
+        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: plain setgid(2).
+        check(unsafe { libc::setgid(gid) })?;
+        // SAFETY: plain setuid(2).
+        check(unsafe { libc::setuid(uid) })
+    };
+    // SAFETY: `setup` only makes async-signal-safe calls (see above).
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    let started = match pty {
+        Some((m, _slave)) => {
+            let master = File::from(m);
+            Started {
+                stdin: Some(master.try_clone()?),
+                stdout: master.try_clone()?,
+                stderr: None,
+                pty: Some(master),
+            }
+        }
+        None => Started {
+            stdin: child.stdin.take().map(|s| File::from(OwnedFd::from(s))),
+            stdout: File::from(OwnedFd::from(
+                child.stdout.take().ok_or_else(|| invalid("no stdout"))?,
+            )),
+            stderr: child.stderr.take().map(|s| File::from(OwnedFd::from(s))),
+            pty: None,
+        },
+    };
+    // The reaper owns waiting; `child` is dropped without wait (std does not
+    // reap on drop).
+    drop(child);
+    Ok((pid, started))
+}
+
+/// Resizes a process's terminal.
+pub fn resize(pty: &File, rows: u16, cols: u16) -> io::Result<()> {
+    sys::set_winsize(pty.as_raw_fd(), rows, cols)
+}

@@ -1,0 +1,232 @@
+//! One real microVM with husk's guest agent, many processes run in it over
+//! virtio-vsock (one boot serves every check: boots are slow on PVM hosts).
+//! Checks: stdout and stderr arrive separately and in order; stdin is piped
+//! through; exit codes 0, 3 and 137 (killed) come back; a signal sent from
+//! the host reaches the process; 10 MiB of output arrives intact; a process
+//! that never reads its stdin does not hang the host; env, cwd and user are
+//! applied; the main process's exit powers the VM off.
+
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use husk_e2e::{Capture, busybox_rootfs, require_kvm, sandbox_config};
+use husk_runtime::{Control, ExitStatus, RunSpec, Sandbox, Stdio};
+use husk_vmm::GuestExit;
+use sha2::{Digest, Sha256};
+
+const PATH: &str = "/bin:/usr/bin";
+
+fn spec(script: &str) -> RunSpec {
+    RunSpec::new(["/bin/sh", "-c", script]).env("PATH", PATH)
+}
+
+fn captured() -> (Capture, Capture, Stdio) {
+    let (out, err) = (Capture::default(), Capture::default());
+    let stdio = Stdio {
+        stdin: None,
+        stdout: Box::new(out.clone()),
+        stderr: Box::new(err.clone()),
+    };
+    (out, err, stdio)
+}
+
+/// Runs `script` with no stdin; returns (status, stdout, stderr).
+fn sh(sb: &Sandbox, script: &str) -> (ExitStatus, String, String) {
+    let (out, err, stdio) = captured();
+    let (st, _) = sb
+        .exec(spec(script), stdio, None)
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+    (st, out.text(), err.text())
+}
+
+/// What `seq 1 1500000 | head -c 10485760` prints.
+fn expected_seq() -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 << 20);
+    for i in 1..=1_500_000u32 {
+        writeln!(v, "{i}").unwrap();
+    }
+    v.truncate(10 << 20);
+    v
+}
+
+#[test]
+fn sandbox_runs_processes_over_vsock() {
+    require_kvm();
+    let config = sandbox_config("sandbox", &busybox_rootfs());
+    let t = Instant::now();
+    let sb = Sandbox::start(&config).unwrap_or_else(|e| {
+        panic!(
+            "sandbox start: {e}; console log in {}",
+            config.dir.display()
+        )
+    });
+    eprintln!(
+        "sandbox: agent ready {:.2} s after start",
+        t.elapsed().as_secs_f64()
+    );
+
+    let (main_in, main_in_writer) = std::io::pipe().unwrap();
+    let main_out = Capture::default();
+    std::thread::scope(|s| {
+        // The main process waits for a line on stdin, then exits 7.
+        let main = {
+            let (sb, out) = (&sb, main_out.clone());
+            s.spawn(move || {
+                let stdio = Stdio {
+                    stdin: Some(Box::new(main_in)),
+                    stdout: Box::new(out),
+                    stderr: Box::new(std::io::sink()),
+                };
+                sb.exec(
+                    spec("read line; echo main got $line; exit 7").main(),
+                    stdio,
+                    None,
+                )
+            })
+        };
+
+        // stdout and stderr: separate streams, each in order.
+        let (st, out, err) = sh(
+            &sb,
+            "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done",
+        );
+        assert_eq!(st, ExitStatus::Code(0));
+        assert_eq!(out, "out1\nout2\nout3\nout4\nout5\n");
+        assert_eq!(err, "err1\nerr2\nerr3\nerr4\nerr5\n");
+
+        // Exit codes.
+        assert_eq!(sh(&sb, "exit 3").0, ExitStatus::Code(3));
+        let killed = sh(&sb, "kill -9 $$").0;
+        assert_eq!(killed, ExitStatus::Signal(9));
+        assert_eq!(killed.shell_code(), 137);
+
+        // A missing program is an error from the agent, not a hang.
+        let (_, _, stdio) = captured();
+        let e = sb
+            .exec(RunSpec::new(["/no/such/program"]), stdio, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("No such file"), "{e}");
+
+        // env, cwd, user.
+        let (out, err, stdio) = captured();
+        let s2 = RunSpec::new(["/bin/sh", "-c", "echo $FOO; pwd; id -u; id -g"])
+            .env("PATH", PATH)
+            .env("FOO", "bar baz")
+            .cwd("/tmp")
+            .user(65534, 65534);
+        let (st, _) = sb.exec(s2, stdio, None).unwrap();
+        assert_eq!(
+            (st, out.text().as_str()),
+            (ExitStatus::Code(0), "bar baz\n/tmp\n65534\n65534\n"),
+            "stderr: {}",
+            err.text()
+        );
+
+        // stdin is piped through: cat echoes what it is given, then sees EOF.
+        let (out, _, mut stdio) = captured();
+        stdio.stdin = Some(Box::new(&b"hello\nworld\n"[..]));
+        let (st, _) = sb.exec(RunSpec::new(["/bin/cat"]), stdio, None).unwrap();
+        assert_eq!(
+            (st, out.text().as_str()),
+            (ExitStatus::Code(0), "hello\nworld\n")
+        );
+
+        // 1-byte echo round trips through cat, timed.
+        let (r, mut w) = std::io::pipe().unwrap();
+        let (out, _, mut stdio) = captured();
+        stdio.stdin = Some(Box::new(r));
+        let echo = {
+            let sb = &sb;
+            s.spawn(move || sb.exec(RunSpec::new(["/bin/cat"]), stdio, None))
+        };
+        let mut rtts = Vec::new();
+        for i in 0..10 {
+            let t = Instant::now();
+            w.write_all(b"x").unwrap();
+            let end = t + Duration::from_secs(60);
+            while out.len() <= i && Instant::now() < end {
+                std::thread::yield_now();
+            }
+            assert_eq!(out.len(), i + 1, "echo {i} did not come back");
+            rtts.push(t.elapsed());
+        }
+        drop(w);
+        assert_eq!(echo.join().unwrap().unwrap().0, ExitStatus::Code(0));
+        rtts.sort();
+        eprintln!(
+            "sandbox: 1-byte echo round trip over vsock: median {:?}, min {:?}",
+            rtts[5], rtts[0]
+        );
+
+        // A signal from the host reaches the process (and its trap).
+        let (out, _, stdio) = captured();
+        let (tx, rx) = mpsc::channel();
+        let trap = {
+            let sb = &sb;
+            s.spawn(move || {
+                sb.exec(
+                    spec(
+                        "trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 1; done",
+                    ),
+                    stdio,
+                    Some(rx),
+                )
+            })
+        };
+        assert!(
+            out.wait_for("ready", Duration::from_secs(120)),
+            "trap script never got ready: {}",
+            out.text()
+        );
+        tx.send(Control::Signal(15)).unwrap();
+        assert_eq!(trap.join().unwrap().unwrap().0, ExitStatus::Code(42));
+        assert!(out.text().contains("got TERM"));
+
+        // 10 MiB of output arrives intact.
+        let (out, _, stdio) = captured();
+        let t = Instant::now();
+        let (st, times) = sb
+            .exec(spec("seq 1 1500000 | head -c 10485760"), stdio, None)
+            .unwrap();
+        let took = t.elapsed();
+        assert_eq!(st, ExitStatus::Code(0));
+        let got = out.bytes();
+        assert_eq!(got.len(), 10 << 20);
+        assert_eq!(
+            Sha256::digest(&got),
+            Sha256::digest(expected_seq()),
+            "10 MiB output corrupted"
+        );
+        eprintln!(
+            "sandbox: 10 MiB of stdout in {:.2} s ({:.2} MB/s), first byte after {:?}",
+            took.as_secs_f64(),
+            10.0 * 1.048_576 / took.as_secs_f64(),
+            times.first_output
+        );
+
+        // A process that never reads stdin does not hang the host, even with
+        // endless input offered.
+        let (_, _, mut stdio) = captured();
+        stdio.stdin = Some(Box::new(std::io::repeat(b'y')));
+        let t = Instant::now();
+        let (st, _) = sb.exec(spec("sleep 1; exit 5"), stdio, None).unwrap();
+        assert_eq!(st, ExitStatus::Code(5));
+        assert!(t.elapsed() < Duration::from_secs(120));
+
+        // The main process: give it its line; it exits 7.
+        let mut w = main_in_writer;
+        w.write_all(b"bye\n").unwrap();
+        drop(w);
+        let (st, _) = main.join().unwrap().unwrap();
+        assert_eq!(st, ExitStatus::Code(7));
+        assert_eq!(main_out.text(), "main got bye\n");
+    });
+
+    // The main process's end powers the guest off.
+    let outcome = sb
+        .wait(Duration::from_secs(120))
+        .expect("VM stops cleanly")
+        .expect("VM outcome");
+    assert_eq!(outcome.exit, GuestExit::PowerOff);
+}
