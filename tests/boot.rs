@@ -2,7 +2,9 @@
 //! what it prints after making real system calls (write, getpid,
 //! clock_gettime, mmap, open/read of a file in the initramfs, fork + waitpid
 //! of a child that exits 3) and that its final power-off reaches the VMM as
-//! a clean exit. One boot serves every check: boots are slow on PVM hosts.
+//! a clean exit. The guest has two vCPUs, so the boot processor brings up an
+//! application processor through the MP table and INIT/SIPI. One boot serves
+//! every check: boots are slow on PVM hosts.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,7 @@ fn guest_runs_user_space_and_powers_off() {
     std::fs::write(&initrd, rd.to_bytes().unwrap()).unwrap();
 
     let started = Instant::now();
-    let b = boot(&kernel, &initrd, "", Duration::from_secs(600));
+    let b = boot(&kernel, &initrd, "", 2, Duration::from_secs(600));
     let wall = started.elapsed();
     let console = b.console;
     let outcome = match b.result {
@@ -66,6 +68,10 @@ fn guest_runs_user_space_and_powers_off() {
         }
     }
     assert!(!console.contains("husk-test: FAIL"), "{console}");
+    assert!(
+        console.contains("smp: Brought up 1 node, 2 CPUs"),
+        "{console}"
+    );
     assert_eq!(
         outcome.exit,
         GuestExit::PowerOff,

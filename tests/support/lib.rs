@@ -128,15 +128,15 @@ pub struct Boot {
     pub console: String,
 }
 
-/// Boots `kernel` with `initrd` and captures the console.
-pub fn boot(kernel: &Path, initrd: &Path, cmdline: &str, timeout: Duration) -> Boot {
+/// Boots `kernel` with `initrd` on `vcpus` vCPUs and captures the console.
+pub fn boot(kernel: &Path, initrd: &Path, cmdline: &str, vcpus: u8, timeout: Duration) -> Boot {
     let console = Console::default();
     let result = husk_vmm::run(VmConfig {
         kernel: kernel.to_owned(),
         initrd: Some(initrd.to_owned()),
         cmdline_extra: cmdline.to_owned(),
         mem_size: 128 << 20,
-        vcpus: 1,
+        vcpus,
         compat: CompatMode::Auto,
         console: Box::new(console.clone()),
         timeout: Some(timeout),

@@ -168,11 +168,16 @@ fn open_kvm(host: HostKind) -> Result<Kvm, VmmError> {
     if host == HostKind::NoKvm {
         return Err(VmmError::NoKvm);
     }
-    Kvm::new().map_err(|e| match e.errno() {
+    Kvm::new().map_err(open_error)
+}
+
+/// What a failure to open `/dev/kvm` means for the user.
+fn open_error(e: kvm_ioctls::Error) -> VmmError {
+    match e.errno() {
         libc::ENOENT | libc::ENXIO | libc::ENODEV => VmmError::NoKvm,
         libc::EACCES | libc::EPERM => VmmError::KvmPermission,
         _ => VmmError::KvmOpen(e),
-    })
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -421,5 +426,24 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
             Err(VmmError::Timeout(config.timeout.unwrap_or_default()))
         }
         Some((_, VcpuOutcome::Error(e))) => Err(VmmError::Vcpu(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_open_failures_say_what_to_do() {
+        let e = open_error(kvm_ioctls::Error::new(libc::EACCES));
+        assert!(matches!(e, VmmError::KvmPermission));
+        assert!(e.to_string().contains("add your user to the group"), "{e}");
+        let e = open_error(kvm_ioctls::Error::new(libc::ENOENT));
+        assert!(e.to_string().contains("/dev/kvm does not exist"), "{e}");
+        assert!(matches!(
+            open_error(kvm_ioctls::Error::new(libc::EIO)),
+            VmmError::KvmOpen(_)
+        ));
+        assert!(matches!(open_kvm(HostKind::NoKvm), Err(VmmError::NoKvm)));
     }
 }
