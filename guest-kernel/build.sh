@@ -7,6 +7,7 @@
 # patches, the fragment and this script), so a second run is instant.
 #
 #   guest-kernel/build.sh            build (or find) the kernel, print its path last
+#                                    (a bzImage of the same kernel lies beside it)
 #   guest-kernel/build.sh --print    print the path the kernel would have, build nothing
 #
 # Environment:
@@ -62,11 +63,12 @@ need bc bc
 need perl perl
 need xz xz-utils
 need patch patch
+need lz4 lz4
 [[ -e /usr/include/gelf.h ]] || missing+=("gelf.h (package libelf-dev)")
 [[ -e /usr/include/openssl/ssl.h ]] || missing+=("openssl headers (package libssl-dev)")
 if ((${#missing[@]})); then
     die "missing build dependencies: ${missing[*]}
-hint: apt-get install gcc make flex bison bc perl xz-utils patch libelf-dev libssl-dev"
+hint: apt-get install gcc make flex bison bc perl xz-utils patch lz4 libelf-dev libssl-dev"
 fi
 
 mkdir -p "$out_dir"
@@ -119,8 +121,8 @@ if ((${#bad[@]})); then
     die "these husk.config settings did not take effect (a dependency is missing): ${bad[*]}"
 fi
 
-say "[4/5] compiling vmlinux with $jobs jobs (log: $log)"
-make -C "$work" -j"$jobs" vmlinux >>"$log" 2>&1 &
+say "[4/5] compiling vmlinux and bzImage with $jobs jobs (log: $log)"
+make -C "$work" -j"$jobs" vmlinux bzImage >>"$log" 2>&1 &
 make_pid=$!
 while kill -0 "$make_pid" 2>/dev/null; do
     sleep 10
@@ -134,6 +136,7 @@ wait "$make_pid" || {
 
 say "[5/5] caching"
 cp "$work/vmlinux" "$vmlinux.tmp"
+cp "$work/arch/x86/boot/bzImage" "$out_dir/bzImage"
 cp "$work/.config" "$out_dir/config"
 strip --strip-debug "$vmlinux.tmp" 2>/dev/null || true
 mv "$vmlinux.tmp" "$vmlinux"
