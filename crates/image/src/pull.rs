@@ -549,54 +549,72 @@ fn fetch_blob(
     }
     file.seek(SeekFrom::Start(have)).map_err(io_err)?;
 
-    let mut attempt = 0;
-    loop {
-        if abort.load(Ordering::Relaxed) {
-            return Err(PullError::Cancelled);
-        }
-        attempt += 1;
-        match download_range(
-            repo,
-            desc,
-            &mut file,
-            &mut hasher,
-            &mut have,
-            progress,
-            abort,
-            &partial_path,
-        ) {
-            Ok(()) => break,
-            Err(PullError::Cancelled) => return Err(PullError::Cancelled),
-            Err(
-                e @ (PullError::Registry(RegistryError::NotFound { .. })
-                | PullError::Registry(RegistryError::Unauthorized { .. })
-                | PullError::Oversized { .. }
-                | PullError::Io { .. }),
-            ) => return Err(e),
-            Err(e) => {
-                if attempt >= opts.attempts.max(1) {
-                    return Err(PullError::Download {
-                        digest: desc.digest.clone(),
-                        attempts: attempt,
-                        done: have,
-                        size: desc.size,
-                        source: Box::new(e),
-                    });
+    // A partial file left by a crash may hold garbage at its end: if a resumed download
+    // does not verify, start that blob over once before giving up.
+    let resumed_from = have;
+    let mut round = 0;
+    let actual = loop {
+        round += 1;
+        let mut attempt = 0;
+        loop {
+            if abort.load(Ordering::Relaxed) {
+                return Err(PullError::Cancelled);
+            }
+            attempt += 1;
+            match download_range(
+                repo,
+                desc,
+                &mut file,
+                &mut hasher,
+                &mut have,
+                progress,
+                abort,
+                &partial_path,
+            ) {
+                Ok(()) => break,
+                Err(PullError::Cancelled) => return Err(PullError::Cancelled),
+                Err(
+                    e @ (PullError::Registry(RegistryError::NotFound { .. })
+                    | PullError::Registry(RegistryError::Unauthorized { .. })
+                    | PullError::Oversized { .. }
+                    | PullError::Io { .. }),
+                ) => return Err(e),
+                Err(e) => {
+                    if attempt >= opts.attempts.max(1) {
+                        return Err(PullError::Download {
+                            digest: desc.digest.clone(),
+                            attempts: attempt,
+                            done: have,
+                            size: desc.size,
+                            source: Box::new(e),
+                        });
+                    }
+                    log::debug!("retrying {}: {e}", desc.digest);
+                    layer_event(progress, id, LayerStatus::Retrying, have, desc.size);
+                    std::thread::sleep(Duration::from_millis(300 * u64::from(attempt)));
                 }
-                log::debug!("retrying {}: {e}", desc.digest);
-                layer_event(progress, id, LayerStatus::Retrying, have, desc.size);
-                std::thread::sleep(Duration::from_millis(300 * u64::from(attempt)));
             }
         }
-    }
-    layer_event(
-        progress,
-        id,
-        LayerStatus::VerifyingChecksum,
-        have,
-        desc.size,
-    );
-    let actual = Digest::from_hasher(hasher);
+        layer_event(
+            progress,
+            id,
+            LayerStatus::VerifyingChecksum,
+            have,
+            desc.size,
+        );
+        let actual = Digest::from_hasher(std::mem::take(&mut hasher));
+        if actual != desc.digest && resumed_from > 0 && round == 1 {
+            log::debug!(
+                "resumed download of {} did not verify; starting over",
+                desc.digest
+            );
+            file.set_len(0).map_err(io_err)?;
+            file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+            have = 0;
+            continue;
+        }
+        break actual;
+    };
     if actual != desc.digest {
         drop(file);
         let _ = std::fs::remove_file(&partial_path);

@@ -865,6 +865,22 @@ impl Store {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        // Half-written index temp files from crashes (under the index lock, so no writer
+        // is between its write and its rename).
+        {
+            let lock_path = self.root.join("index.lock");
+            let _lock = FileLock::exclusive(&lock_path).map_err(io_err("lock", &lock_path))?;
+            for entry in std::fs::read_dir(&self.root).map_err(io_err("list", &self.root))? {
+                let entry = entry.map_err(io_err("list", &self.root))?;
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".index.json.tmp")
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let rootfs = self.root.join("rootfs");
         for entry in std::fs::read_dir(&rootfs).map_err(io_err("list", &rootfs))? {
             let entry = entry.map_err(io_err("list", &rootfs))?;
@@ -893,11 +909,17 @@ impl Store {
         let dir = self.root.join("rootfs");
         let final_path = dir.join(chain.hex());
         let lock_path = dir.join(format!("{}.lock", chain.hex()));
-        let lock = FileLock::exclusive(&lock_path).map_err(io_err("lock", &lock_path))?;
+        // Usually it exists: share it. Otherwise unpack under the exclusive lock (which
+        // waits for no one, since no lease exists for a rootfs not yet there).
+        let mut lock = FileLock::shared(&lock_path).map_err(io_err("lock", &lock_path))?;
         if !final_path.is_dir() {
-            self.unpack_into(image, &dir, &final_path, limits)?;
+            drop(lock);
+            lock = FileLock::exclusive(&lock_path).map_err(io_err("lock", &lock_path))?;
+            if !final_path.is_dir() {
+                self.unpack_into(image, &dir, &final_path, limits)?;
+            }
+            lock.downgrade().map_err(io_err("lock", &lock_path))?;
         }
-        lock.downgrade().map_err(io_err("lock", &lock_path))?;
         Ok(Rootfs {
             path: final_path,
             chain_id: chain,

@@ -436,3 +436,157 @@ fn missing_tag_and_plain_http_refused_without_insecure() {
     assert!(pull(&store, &r, &o, &NoProgress).is_err());
     assert!(store.images().unwrap().is_empty());
 }
+
+#[test]
+fn concurrent_pulls_and_unpacks_share_one_store() {
+    let (tmp, _store) = setup();
+    let reg = Registry::start(&tmp.path().join("reg"), None);
+    let layout = tmp.path().join("layout");
+    let mut spec = ImageSpec::busybox("concurrent");
+    spec.layers
+        .push(layer(&[E::File("big.bin", &vec![42u8; 3 << 20], 0o644)]));
+    let w = oci_layout(&layout, "v1", &spec);
+    push(
+        &layout,
+        "v1",
+        &format!("{}/c/img:v1", reg.host()),
+        None,
+        false,
+    );
+    let root = tmp.path().join("shared-store");
+    let r = Reference::parse(&format!("{}/c/img:v1", reg.host())).unwrap();
+    let o = opts(&reg.host(), None);
+    // Separate Store values (separate lock fds), as two husk processes would have.
+    let paths: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let store = Store::open(&root).unwrap();
+                    let out = pull(&store, &r, &o, &NoProgress).unwrap();
+                    let rootfs = store.rootfs(&out.image, UnpackLimits::default()).unwrap();
+                    assert_eq!(
+                        std::fs::read(rootfs.path.join("big.bin")).unwrap().len(),
+                        3 << 20
+                    );
+                    rootfs.path.clone()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        paths.windows(2).all(|p| p[0] == p[1]),
+        "one shared rootfs: {paths:?}"
+    );
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.images().unwrap().len(), 1);
+    assert_eq!(store.resolve(&r.to_string()).unwrap().id, w.config);
+    let rootfs_dirs: Vec<_> = std::fs::read_dir(root.join("rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(rootfs_dirs.len(), 1, "{rootfs_dirs:?}");
+}
+
+#[test]
+fn leftovers_of_a_crash_are_harmless() {
+    let (tmp, store) = setup();
+    let reg = Registry::start(&tmp.path().join("reg"), None);
+    let layout = tmp.path().join("layout");
+    let mut spec = ImageSpec::busybox("crash");
+    spec.layers
+        .push(layer(&[E::File("data", &vec![1u8; 100_000], 0o644)]));
+    let w = oci_layout(&layout, "v1", &spec);
+    push(
+        &layout,
+        "v1",
+        &format!("{}/crash/img:v1", reg.host()),
+        None,
+        false,
+    );
+    // What a crash mid-pull and mid-unpack could leave behind: a partial download whose
+    // tail is garbage, a blob temp file, a half-written index temp file, a half-unpacked
+    // rootfs temp dir.
+    let partial = store
+        .root()
+        .join("tmp")
+        .join(format!("{}.partial", w.layers[1].hex()));
+    std::fs::write(&partial, vec![0xAAu8; 500]).unwrap();
+    std::fs::write(store.root().join("tmp/blob-1-2-3"), b"junk").unwrap();
+    std::fs::write(store.root().join(".index.json.tmp-1-2-3"), b"{\"schemaVers").unwrap();
+    let r = Reference::parse(&format!("{}/crash/img:v1", reg.host())).unwrap();
+    let chain = husk_image::spec::chain_id(&[sha(&spec.layers[0]), sha(&spec.layers[1])]).unwrap();
+    let stale = store
+        .root()
+        .join("rootfs")
+        .join(format!(".tmp-{}-1-2-3", chain.hex()));
+    std::fs::create_dir_all(stale.join("half")).unwrap();
+
+    let out = pull(&store, &r, &opts(&reg.host(), None), &NoProgress).unwrap();
+    assert_eq!(out.image.id, w.config);
+    assert!(
+        store.has_blob(&w.layers[1]),
+        "garbage partial was restarted, not trusted"
+    );
+    assert!(!partial.exists());
+    let rootfs = store.rootfs(&out.image, UnpackLimits::default()).unwrap();
+    assert!(!stale.exists(), "stale unpack dir removed");
+    assert_eq!(
+        std::fs::read(rootfs.path.join("data")).unwrap(),
+        vec![1u8; 100_000]
+    );
+    drop(rootfs);
+    assert!(store.gc().unwrap());
+    assert!(!store.root().join("tmp/blob-1-2-3").exists());
+    assert!(!store.root().join(".index.json.tmp-1-2-3").exists());
+    assert_eq!(store.images().unwrap().len(), 1);
+}
+
+#[test]
+fn pull_with_anonymous_bearer_token_and_token_login() {
+    let (tmp, store) = setup();
+    let reg = Registry::start(&tmp.path().join("reg"), None);
+    let layout = tmp.path().join("layout");
+    let w = oci_layout(&layout, "v1", &ImageSpec::busybox("token"));
+    push(
+        &layout,
+        "v1",
+        &format!("{}/tok/img:v1", reg.host()),
+        None,
+        false,
+    );
+
+    // Anonymous token flow (Docker Hub's): 401 challenge → GET realm?service&scope → token.
+    let front = TokenFront::start(reg.port, None);
+    let r = Reference::parse(&format!("{}/tok/img:v1", front.host())).unwrap();
+    let out = pull(&store, &r, &opts(&front.host(), None), &NoProgress).unwrap();
+    assert_eq!(out.image.id, w.config);
+    let reqs = front.token_requests.lock().unwrap().clone();
+    assert!(!reqs.is_empty());
+    assert!(
+        reqs[0].starts_with("/token?service=husk-test&scope=repository%3Atok%2Fimg%3Apull"),
+        "{reqs:?}"
+    );
+    assert!(reqs[0].ends_with("auth="), "anonymous: {reqs:?}");
+
+    // A token service that wants credentials: anonymous fails, `login` then works.
+    let front = TokenFront::start(reg.port, Some("Ym9iOmh1bnRlcjI=")); // bob:hunter2
+    let store2 = Store::open(tmp.path().join("store2")).unwrap();
+    let o = opts(&front.host(), Some(store2.auth_path()));
+    let r = Reference::parse(&format!("{}/tok/img:v1", front.host())).unwrap();
+    let err = pull(&store2, &r, &o, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("token server refused"), "{err}");
+    assert!(husk_image::login(&front.host(), "bob", "wrong", &o).is_err());
+    husk_image::login(&front.host(), "bob", "hunter2", &o).unwrap();
+    let out = pull(&store2, &r, &o, &NoProgress).unwrap();
+    assert_eq!(out.image.id, w.config);
+    let reqs = front.token_requests.lock().unwrap().clone();
+    assert!(
+        reqs.last()
+            .unwrap()
+            .ends_with("auth=Basic Ym9iOmh1bnRlcjI="),
+        "{reqs:?}"
+    );
+}

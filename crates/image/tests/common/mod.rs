@@ -467,3 +467,149 @@ pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// A bearer-token front for a registry: `/token` hands out a token (optionally only to
+/// Basic credentials), every other request needs it and is forwarded to the registry.
+/// This is the Docker Hub auth flow (registry + token service) on loopback.
+pub struct TokenFront {
+    pub port: u16,
+    pub token_requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub const FRONT_TOKEN: &str = "husk-test-token";
+
+impl TokenFront {
+    pub fn start(upstream: u16, basic: Option<&str>) -> TokenFront {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let token_requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let basic = basic.map(|b| format!("Basic {b}"));
+        let (reqs, st) = (token_requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (reqs, basic) = (reqs.clone(), basic.clone());
+                        std::thread::spawn(move || {
+                            serve(conn, port, upstream, &reqs, basic.as_deref())
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TokenFront {
+            port,
+            token_requests,
+            stop,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TokenFront {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn respond(conn: &mut TcpStream, status: &str, extra: &str, body: &str) {
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+}
+
+fn serve(
+    mut conn: TcpStream,
+    port: u16,
+    upstream: u16,
+    reqs: &std::sync::Mutex<Vec<String>>,
+    basic: Option<&str>,
+) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or("").to_string();
+    let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    let auth = headers
+        .iter()
+        .find_map(|h| {
+            h.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        })
+        .map(|(_, v)| v.trim().to_string());
+    if path.starts_with("/token") {
+        reqs.lock()
+            .unwrap()
+            .push(format!("{path} auth={}", auth.clone().unwrap_or_default()));
+        if let Some(b) = basic
+            && auth.as_deref() != Some(b)
+        {
+            respond(
+                &mut conn,
+                "401 Unauthorized",
+                "",
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
+            );
+            return;
+        }
+        respond(
+            &mut conn,
+            "200 OK",
+            "",
+            &format!(r#"{{"token":"{FRONT_TOKEN}","expires_in":300}}"#),
+        );
+        return;
+    }
+    if auth.as_deref() != Some(&format!("Bearer {FRONT_TOKEN}")) {
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"husk-test\"\r\n"
+        );
+        respond(
+            &mut conn,
+            "401 Unauthorized",
+            &challenge,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+        );
+        return;
+    }
+    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let mut fwd = format!("{request_line}\r\n");
+    for h in &headers {
+        let k = h.split(':').next().unwrap_or("").trim();
+        if k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        fwd.push_str(h);
+        fwd.push_str("\r\n");
+    }
+    fwd.push_str("Connection: close\r\n\r\n");
+    if up.write_all(fwd.as_bytes()).is_err() {
+        return;
+    }
+    let _ = std::io::copy(&mut up, &mut conn);
+}
