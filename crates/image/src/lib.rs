@@ -1,10 +1,56 @@
 //! husk's image handling: an on-disk OCI image store, pulls from OCI distribution
 //! registries, `docker save`/OCI archive loads, safe layer unpacking into a shared
 //! read-only rootfs, and resolution of the container process from the image config.
+//!
+//! What the CLI calls, command by command:
+//!
+//! ```no_run
+//! use husk_image::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Store::open(Store::default_root())?; // $HUSK_ROOT, /var/lib/husk, ~/.local/share/husk
+//! let opts = RegistryOptions::for_store(&store); // auth.json + $HUSK_INSECURE_REGISTRIES
+//!
+//! // husk pull alpine
+//! let input = "alpine";
+//! if reference::uses_default_tag(input) {
+//!     eprintln!("Using default tag: latest");
+//! }
+//! let out = pull(&store, &Reference::parse(input)?, &opts, &StderrProgress::new())?;
+//! println!("{}", Reference::parse(input)?); // docker.io/library/alpine:latest
+//!
+//! // husk load -i file.tar   (docker save or OCI archive, optionally gzip/zstd)
+//! for img in load(&store, std::fs::File::open("file.tar")?, None)? {
+//!     for line in img.lines() {
+//!         println!("{line}");
+//!     }
+//! }
+//!
+//! // husk images / husk image inspect / husk rmi
+//! print!("{}", format::images_table(&store.images()?, std::time::SystemTime::now()));
+//! println!("{}", serde_json::to_string_pretty(&store.inspect("alpine")?)?);
+//! for line in store.remove("alpine", false)? {
+//!     println!("{line}");
+//! }
+//!
+//! // husk run [-e/-w/-u/--entrypoint] IMAGE [CMD...]
+//! let image = store.resolve("alpine")?; // on NotFound: pull, then resolve
+//! let rootfs = store.rootfs(&image, UnpackLimits::default())?; // keep alive while the VM runs
+//! let spec = resolve_process(
+//!     &image.config,
+//!     Some(&rootfs.path),
+//!     &RunOverrides { cmd: vec!["echo".into(), "hi".into()], ..Default::default() },
+//!     &|k| std::env::var(k).ok(),
+//! )?;
+//! // spec.args, spec.env, spec.cwd, spec.user.{uid,gid,additional_gids} → the guest agent.
+//! # let _ = (out, spec);
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod digest;
+pub mod format;
 mod fsutil;
 pub mod load;
 pub mod process;

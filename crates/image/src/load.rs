@@ -391,12 +391,10 @@ fn load_docker_save(store: &Store, src: &mut dyn Source) -> Result<Vec<Loaded>, 
         for (layer, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
             let path = clean(layer)?;
             let head = src.head(&path)?;
-            let media_type = if head.starts_with(&[0x1f, 0x8b]) {
-                spec::OCI_LAYER_GZIP
-            } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-                spec::OCI_LAYER_ZSTD
-            } else {
-                spec::OCI_LAYER_TAR
+            let media_type = match unpack::sniff(&head) {
+                unpack::Compression::Gzip => spec::OCI_LAYER_GZIP,
+                unpack::Compression::Zstd => spec::OCI_LAYER_ZSTD,
+                _ => spec::OCI_LAYER_TAR,
             };
             let (digest, size) = match seen.get(&path) {
                 Some(v) => v.clone(),

@@ -153,16 +153,8 @@ pub fn pull(
         &reference.repository,
         opts,
     )?;
-    let shown_path = reference.familiar_name();
-    let shown_path = shown_path
-        .strip_prefix(&format!("{}/", reference.registry))
-        .unwrap_or(&reference.repository)
-        .to_string();
-    let shown_path = if reference.registry == crate::reference::DOCKER_HUB {
-        reference.repository.clone()
-    } else {
-        shown_path
-    };
+    // Docker shows the repository path without the registry: `library/alpine`.
+    let shown_path = &reference.repository;
     progress.event(ProgressEvent::Line(&format!(
         "{}: Pulling from {shown_path}",
         reference.manifest_reference()

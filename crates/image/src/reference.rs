@@ -118,6 +118,12 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Whether `input` names neither tag nor digest, so `latest` is implied (Docker then
+/// prints `Using default tag: latest`).
+pub fn uses_default_tag(input: &str) -> bool {
+    !input.contains('@') && !input.rsplit('/').next().unwrap_or(input).contains(':')
+}
+
 fn valid_path_component(c: &str) -> bool {
     // [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
     let b = c.as_bytes();
@@ -289,6 +295,15 @@ mod tests {
                 .as_deref(),
             Some("latest")
         );
+    }
+
+    #[test]
+    fn default_tag_detection() {
+        assert!(uses_default_tag("alpine"));
+        assert!(uses_default_tag("localhost:5000/app"));
+        assert!(!uses_default_tag("alpine:3"));
+        assert!(!uses_default_tag("localhost:5000/app:v1"));
+        assert!(!uses_default_tag(&format!("alpine@{}", Digest::of(b""))));
     }
 
     #[test]

@@ -327,6 +327,9 @@ fn agent(opts: &RegistryOptions) -> ureq::Agent {
         .timeout_recv_response(Some(opts.timeout))
         .timeout_recv_body(None)
         .max_redirects(8)
+        // Registries may redirect blobs to their own host (keep the token) or to a CDN
+        // with a signed URL (drop it).
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
         .user_agent(concat!("husk/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()

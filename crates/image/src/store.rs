@@ -406,10 +406,8 @@ impl Store {
         names: &[String],
         repo_digest: Option<&str>,
     ) -> Result<(), StoreError> {
-        for d in [&manifest.digest] {
-            if !self.has_blob(d) {
-                return Err(StoreError::MissingBlob(d.clone()));
-            }
+        if !self.has_blob(&manifest.digest) {
+            return Err(StoreError::MissingBlob(manifest.digest.clone()));
         }
         self.update_index(|index| {
             let mut entry = Descriptor {

@@ -123,25 +123,47 @@ const MAX_EXTENSION: u64 = 1 << 20;
 /// Most bytes accepted after the tar end-of-archive marker.
 const MAX_TRAILER: u64 = 1 << 20;
 
+/// How a layer stream is compressed, judged by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    /// bzip2 or xz: valid for some tar tools, not for image layers.
+    Unsupported,
+}
+
+pub(crate) fn sniff(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18])
+    {
+        // A zstd frame, or a zstd skippable frame.
+        Compression::Zstd
+    } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
+        Compression::Unsupported
+    } else {
+        Compression::None
+    }
+}
+
 /// Sniffs the compression of a layer stream (gzip, zstd or none) and returns a reader of
 /// the uncompressed tar.
 pub fn decompress<'a, R: Read + 'a>(reader: R) -> Result<Box<dyn Read + 'a>, UnpackError> {
     let mut buf = BufReader::with_capacity(256 << 10, reader);
     let head = buf.fill_buf().map_err(UnpackError::Tar)?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buf)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(ZstdReader {
+    match sniff(head) {
+        Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buf))),
+        Compression::Zstd => Ok(Box::new(ZstdReader {
             source: buf,
             decoder: ruzstd::FrameDecoder::new(),
             in_frame: false,
-        }))
-    } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
-        Err(UnpackError::Compression(
+        })),
+        Compression::Unsupported => Err(UnpackError::Compression(
             "bzip2/xz layers are not supported".into(),
-        ))
-    } else {
-        Ok(Box::new(buf))
+        )),
+        Compression::None => Ok(Box::new(buf)),
     }
 }
 

@@ -241,3 +241,34 @@ fn diff_id_is_verified() {
     let mut u = Unpacker::new(tmp.path(), UnpackLimits::default()).unwrap();
     u.apply_compressed(&layer[..], Some(&right)).unwrap();
 }
+
+#[test]
+fn multi_frame_zstd_and_multi_member_gzip_layers() {
+    #[path = "common/mod.rs"]
+    #[allow(clippy::duplicate_mod)]
+    mod common;
+    let layer = L::new()
+        .dir("d", 0o755)
+        .file("d/a", &vec![b'a'; 300_000], 0o644)
+        .file("d/b", b"bee", 0o644)
+        .done();
+    let (first, second) = layer.split_at(layer.len() / 2);
+    // A skippable frame, then two zstd frames.
+    let mut zst = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+    zst.extend(common::zstd(first));
+    zst.extend(common::zstd(second));
+    // Two gzip members.
+    let mut gz = common::gzip(first);
+    gz.extend(common::gzip(second));
+    for data in [zst, gz] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut u = Unpacker::new(tmp.path(), UnpackLimits::default()).unwrap();
+        u.apply_compressed(&data[..], Some(&husk_image::Digest::of(&layer)))
+            .unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("d/a")).unwrap().len(),
+            300_000
+        );
+        assert_eq!(std::fs::read(tmp.path().join("d/b")).unwrap(), b"bee");
+    }
+}
