@@ -210,3 +210,21 @@ fn load_rejects_garbage_and_corrupt_blobs() {
     assert!(store.images().unwrap().is_empty());
     assert!(!store.has_blob(&w.layers[0]));
 }
+
+#[test]
+fn load_refuses_paths_leaving_the_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let manifest = br#"[{"Config":"../../../../etc/passwd","RepoTags":["evil:1"],"Layers":["../../x/layer.tar"]}]"#;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(manifest.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "manifest.json", &manifest[..])
+        .unwrap();
+    let archive = b.into_inner().unwrap();
+    let err = husk_image::load(&store, &archive[..], None).unwrap_err();
+    assert!(format!("{err:?}").contains("Hostile"), "{err:?}");
+    assert!(store.images().unwrap().is_empty());
+}
