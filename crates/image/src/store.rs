@@ -42,6 +42,9 @@ use crate::spec::{
 };
 use crate::unpack::{UnpackError, UnpackLimits, Unpacker};
 
+/// Partial downloads untouched for this long are dropped by garbage collection.
+const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// Annotation on index entries: the digest the registry knows the image by.
 pub const ANNOTATION_REPO_DIGEST: &str = "io.husk.repo.digest";
 
@@ -831,7 +834,14 @@ impl Store {
         let mut chains: HashSet<String> = HashSet::new();
         for e in &index.manifests {
             live.insert(e.digest.hex().to_string());
-            let m = self.load_manifest(&e.digest)?;
+            let Ok(m) = self.load_manifest(&e.digest) else {
+                // A damaged entry: do not guess what is live; sweep nothing.
+                log::warn!(
+                    "image store: manifest {} unreadable; skipping garbage collection",
+                    e.digest
+                );
+                return Ok(false);
+            };
             live.insert(m.config.digest.hex().to_string());
             for l in &m.layers {
                 live.insert(l.digest.hex().to_string());
@@ -854,12 +864,20 @@ impl Store {
                 std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
             }
         }
-        // Nothing is writing blobs now: leftover blob temp files are from crashes.
+        // Nothing is writing blobs now: leftover blob temp files are from crashes, and
+        // partial downloads nobody resumed for a week are abandoned.
         let tmp = self.tmp_dir();
         for entry in std::fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
             let entry = entry.map_err(io_err("list", &tmp))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("blob-") || name.starts_with("load-") {
+            let stale_partial = name.ends_with(".partial")
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > PARTIAL_MAX_AGE);
+            if name.starts_with("blob-") || stale_partial {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
