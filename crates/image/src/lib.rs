@@ -33,7 +33,7 @@
 //! }
 //!
 //! // husk run [-e/-w/-u/--entrypoint] IMAGE [CMD...]
-//! let image = store.resolve("alpine")?; // on NotFound: pull, then resolve
+//! let image = resolve_or_pull(&store, "alpine", &opts, &StderrProgress::new())?;
 //! let rootfs = store.rootfs(&image, UnpackLimits::default())?; // keep alive while the VM runs
 //! let spec = resolve_process(
 //!     &image.config,
@@ -66,7 +66,7 @@ pub use digest::Digest;
 pub use load::{LoadError, Loaded, load, load_layout};
 pub use process::{ProcessError, ProcessSpec, ProcessUser, RunOverrides, resolve_process};
 pub use progress::{NoProgress, Progress, ProgressEvent, StderrProgress};
-pub use pull::{PullError, PullOutcome, pull};
+pub use pull::{PullError, PullOutcome, pull, resolve_or_pull};
 pub use reference::Reference;
 pub use registry::{RegistryError, RegistryOptions, login, logout};
 pub use store::{Image, ImageSummary, Rootfs, Store, StoreError};

@@ -21,6 +21,9 @@ use crate::store::{Image, Store, StoreError};
 /// Errors from pulling an image.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
+    /// The image name is not a valid reference.
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
     /// Talking to the registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -369,6 +372,27 @@ pub fn pull(
         digest: top_digest,
         up_to_date,
     })
+}
+
+/// `husk run`'s lookup: the image if the store has it (by name, id or id prefix), else
+/// a pull of `input` (Docker's "Unable to find image … locally" path).
+pub fn resolve_or_pull(
+    store: &Store,
+    input: &str,
+    opts: &RegistryOptions,
+    progress: &dyn Progress,
+) -> Result<Image, PullError> {
+    match store.resolve(input) {
+        Ok(image) => return Ok(image),
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let reference = Reference::parse(input)?;
+    progress.event(ProgressEvent::Line(&format!(
+        "Unable to find image '{}' locally",
+        reference.familiar()
+    )));
+    Ok(pull(store, &reference, opts, progress)?.image)
 }
 
 fn layer_event(progress: &dyn Progress, id: &str, status: LayerStatus, current: u64, total: u64) {

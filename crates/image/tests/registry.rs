@@ -116,6 +116,31 @@ fn pull_by_tag_then_by_digest_and_run_spec() {
     assert_eq!(rows[0].tag, "<none>");
     assert_eq!(store2.resolve(&rd.to_string()).unwrap().id, w.config);
 
+    // `husk run`'s lookup: found locally by name or short id, pulled when missing.
+    assert_eq!(
+        husk_image::resolve_or_pull(
+            &store,
+            &w.config.hex()[..12],
+            &opts(&reg.host(), None),
+            &NoProgress
+        )
+        .unwrap()
+        .id,
+        w.config
+    );
+    let store3 = Store::open(tmp.path().join("store3")).unwrap();
+    let rec = Recorder::default();
+    let img = husk_image::resolve_or_pull(&store3, &r.to_string(), &opts(&reg.host(), None), &rec)
+        .unwrap();
+    assert_eq!(img.id, w.config);
+    assert_eq!(
+        rec.lines.lock().unwrap()[0],
+        format!(
+            "Unable to find image '{}/test/busybox:v1' locally",
+            reg.host()
+        )
+    );
+
     // Unpack and resolve the process.
     let img = store.resolve(&r.to_string()).unwrap();
     let rootfs = store.rootfs(&img, UnpackLimits::default()).unwrap();
