@@ -200,12 +200,7 @@ struct DirSource<'a> {
 
 impl DirSource<'_> {
     fn path(&self, p: &str) -> Result<PathBuf, LoadError> {
-        let comps = unpack::checked_components(p.as_bytes()).map_err(LoadError::Archive)?;
-        let mut out = self.dir.clone();
-        for c in comps {
-            out.push(String::from_utf8_lossy(c).as_ref());
-        }
-        Ok(out)
+        Ok(self.dir.join(clean(p)?))
     }
 }
 

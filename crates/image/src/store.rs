@@ -65,6 +65,9 @@ pub enum StoreError {
     /// No image matches the name or id.
     #[error("No such image: {0}")]
     NotFound(String),
+    /// A name to tag with is not a valid `name:tag` reference.
+    #[error("invalid reference format: {0:?} (expected name[:tag])")]
+    BadName(String),
     /// An id prefix matches more than one image.
     #[error("image id prefix {0} is ambiguous")]
     Ambiguous(String),
@@ -724,11 +727,11 @@ impl Store {
     /// Adds a name to an existing image (`docker tag`).
     pub fn tag(&self, query: &str, new_name: &str) -> Result<(), StoreError> {
         let img = self.resolve(query)?;
-        let r =
-            Reference::parse(new_name).map_err(|_| StoreError::NotFound(new_name.to_string()))?;
-        let name = r
-            .tagged()
-            .ok_or_else(|| StoreError::NotFound(new_name.to_string()))?;
+        let name = Reference::parse(new_name)
+            .ok()
+            .filter(|r| r.digest.is_none())
+            .and_then(|r| r.tagged())
+            .ok_or_else(|| StoreError::BadName(new_name.to_string()))?;
         let size = std::fs::metadata(self.blob_path(&img.manifest_digest))
             .map(|m| m.len())
             .unwrap_or(0);

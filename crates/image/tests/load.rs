@@ -94,6 +94,11 @@ fn load_docker_save_tar_then_images_inspect_run_spec_rmi() {
     drop((rootfs, again));
 
     // Tag, then rmi by name untags; rmi of the last name deletes and collects blobs.
+    let err = store.tag("web/server:1.0", "Web/Server").unwrap_err();
+    assert!(
+        err.to_string().starts_with("invalid reference format"),
+        "{err}"
+    );
     store.tag("web/server:1.0", "web/server:latest").unwrap();
     assert_eq!(store.images().unwrap().len(), 2);
     assert_eq!(
