@@ -51,6 +51,10 @@ pub fn start(spec: &RunSpec, root: Option<&str>) -> io::Result<(i32, Started)> {
         .map(|r| CString::new(r).map_err(|_| invalid("NUL in root")))
         .transpose()?;
     let (uid, gid, tty) = (spec.uid, spec.gid, spec.tty);
+    let groups: Vec<libc::gid_t> = spec.additional_gids.clone();
+    if groups.len() > 1024 {
+        return Err(invalid("too many supplementary groups"));
+    }
 
     let mut pty: Option<(OwnedFd, OwnedFd)> = None;
     if tty {
@@ -88,8 +92,8 @@ pub fn start(spec: &RunSpec, root: Option<&str>) -> io::Result<(i32, Started)> {
         }
         // SAFETY: cwd is a valid NUL-terminated path.
         check(unsafe { libc::chdir(cwd.as_ptr()) })?;
-        // SAFETY: an empty group list may be a null pointer.
-        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: groups is a valid array of groups.len() gids (prepared before the fork).
+        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
         // SAFETY: plain setgid(2).
         check(unsafe { libc::setgid(gid) })?;
         // SAFETY: plain setuid(2).

@@ -1,5 +1,6 @@
 //! The `husk` command.
 
+mod images;
 mod run;
 mod term;
 
@@ -21,6 +22,9 @@ struct Cli {
     /// Log level for husk's own messages (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "warn", env = "HUSK_LOG")]
     log_level: String,
+    /// The image store (default: $HUSK_ROOT, /var/lib/husk as root, else ~/.local/share/husk).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +35,67 @@ enum Command {
     Boot(BootArgs),
     /// Run a command in a new container, in its own microVM.
     Run(run::RunArgs),
+    /// Download an image from a registry.
+    Pull {
+        /// NAME[:TAG|@DIGEST]
+        image: String,
+    },
+    /// Load images from a `docker save` tar, an OCI archive or an OCI layout directory.
+    Load {
+        /// The archive or layout (default: standard input).
+        #[arg(short = 'i', long = "input")]
+        input: Option<PathBuf>,
+    },
+    /// Create an image from a root directory (offline), as `docker import` does from a tarball.
+    Import {
+        /// The directory that becomes the image's root.
+        dir: PathBuf,
+        /// NAME[:TAG]
+        name: String,
+        /// The image's default command: a JSON array (`["/bin/sh","-c","echo hi"]`) or
+        /// words separated by spaces.
+        #[arg(short = 'c', long = "cmd", allow_hyphen_values = true)]
+        cmd: Option<String>,
+    },
+    /// List images.
+    Images,
+    /// Remove images.
+    Rmi {
+        /// Remove even if other names point at it.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag {
+        /// SOURCE_IMAGE[:TAG]
+        source: String,
+        /// TARGET_IMAGE[:TAG]
+        target: String,
+    },
+    /// Image subcommands (`husk image inspect`).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Log in to a registry.
+    Login {
+        /// User name.
+        #[arg(short = 'u', long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The registry (host[:port]).
+        registry: String,
+    },
+    /// Log out from a registry.
+    Logout {
+        /// The registry (host[:port]).
+        registry: String,
+    },
     /// Show what kind of KVM this host has and what husk will do about it.
     Host,
     /// Pack a directory into an initramfs (newc cpio) for `husk boot`.
@@ -41,6 +106,16 @@ enum Command {
         /// Where to write the archive.
         #[arg(long, short = 'o')]
         output: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Show images' details as JSON.
+    Inspect {
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
     },
 }
 
@@ -160,7 +235,36 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args),
         Command::Host => Ok(host()),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args, cli.root),
+        Command::Pull { image } => {
+            images::open_store(cli.root).and_then(|s| images::pull(&s, &image))
+        }
+        Command::Load { input } => {
+            images::open_store(cli.root).and_then(|s| images::load(&s, input))
+        }
+        Command::Import { dir, name, cmd } => {
+            images::open_store(cli.root).and_then(|s| images::import(&s, dir, &name, cmd))
+        }
+        Command::Images => images::open_store(cli.root).and_then(|s| images::images(&s)),
+        Command::Rmi {
+            force,
+            images: list,
+        } => images::open_store(cli.root).and_then(|s| images::rmi(&s, &list, force)),
+        Command::Tag { source, target } => {
+            images::open_store(cli.root).and_then(|s| images::tag(&s, &source, &target))
+        }
+        Command::Image {
+            command: ImageCommand::Inspect { images: list },
+        } => images::open_store(cli.root).and_then(|s| images::inspect(&s, &list)),
+        Command::Login {
+            username,
+            password_stdin,
+            registry,
+        } => images::open_store(cli.root)
+            .and_then(|s| images::login(&s, &registry, username, password_stdin)),
+        Command::Logout { registry } => {
+            images::open_store(cli.root).and_then(|s| images::logout(&s, &registry))
+        }
         Command::PackInitramfs { dir, output } => pack_initramfs(&dir, &output),
     };
     match result {

@@ -15,9 +15,13 @@ use crate::term;
 /// `husk run` flags.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// The container's root directory (its files are copied into the guest).
+    /// Run in this root directory instead of an image (then every argument
+    /// is the command).
     #[arg(long)]
-    pub rootfs: PathBuf,
+    pub rootfs: Option<PathBuf>,
+    /// Overwrite the image's entrypoint ("" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
     /// Set an environment variable (NAME=VALUE, or NAME to copy it from here).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -54,9 +58,13 @@ pub struct RunArgs {
     /// Seconds to wait for the guest to boot.
     #[arg(long, default_value_t = 600)]
     pub boot_timeout: u64,
-    /// The command and its arguments.
-    #[arg(trailing_var_arg = true, required = true)]
-    pub command: Vec<String>,
+    /// IMAGE [COMMAND [ARG...]], or with --rootfs: COMMAND [ARG...].
+    #[arg(
+        trailing_var_arg = true,
+        required = true,
+        value_name = "IMAGE [COMMAND]"
+    )]
+    pub args: Vec<String>,
 }
 
 fn beside_exe(name: &str) -> Option<PathBuf> {
@@ -107,8 +115,9 @@ fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
+/// The process for `--rootfs`: the command as given, Docker's default environment.
 fn build_spec(args: &RunArgs, size: Option<TermSize>) -> anyhow::Result<RunSpec> {
-    let mut spec = RunSpec::new(&args.command);
+    let mut spec = RunSpec::new(&args.args);
     // Docker's defaults for a container without an image config.
     spec = spec.env(
         "PATH",
@@ -148,16 +157,84 @@ fn build_spec(args: &RunArgs, size: Option<TermSize>) -> anyhow::Result<RunSpec>
     Ok(spec)
 }
 
-/// Runs the container; returns the exit code `husk run` exits with.
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if !args.rootfs.is_dir() {
-        bail!("--rootfs {}: not a directory", args.rootfs.display());
+/// The process for an image: its config with the overrides, as Docker resolves it.
+fn image_spec(
+    args: &RunArgs,
+    image: &husk_image::Image,
+    rootfs: &std::path::Path,
+    size: Option<TermSize>,
+) -> anyhow::Result<RunSpec> {
+    let overrides = husk_image::RunOverrides {
+        entrypoint: args.entrypoint.clone(),
+        cmd: args.args[1..].to_vec(),
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: Some("husk".into()),
+        tty: args.tty,
+    };
+    let p = husk_image::resolve_process(&image.config, Some(rootfs), &overrides, &|k| {
+        std::env::var(k).ok()
+    })
+    .context("cannot work out the container's process from the image")?;
+    if p.args.is_empty() {
+        bail!(
+            "no command specified: the image has no Entrypoint or Cmd; give one after the image name"
+        );
     }
-    let kernel = find_kernel(args.kernel.clone())?;
-    let agent = find_agent(args.agent.clone())?;
+    let mut spec = RunSpec::new(&p.args)
+        .cwd(&p.cwd)
+        .user(p.user.uid, p.user.gid);
+    spec.additional_gids = p.user.additional_gids.clone();
+    for kv in &p.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        spec = spec.env(k, v);
+    }
+    if args.tty {
+        spec = spec.tty(size);
+    }
+    Ok(spec)
+}
+
+/// Runs the container; returns the exit code `husk run` exits with.
+pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let tty = args.tty && std::io::stdin().is_terminal();
     let size = if tty { term::size(0) } else { None };
-    let spec = build_spec(&args, size)?;
+    // The root directory and the process: from --rootfs, or from an image
+    // (pulled if it is not in the store), unpacked once and shared.
+    let mut _image_rootfs = None;
+    let (rootfs, spec) = match &args.rootfs {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("--rootfs {}: not a directory", dir.display());
+            }
+            if args.entrypoint.is_some() {
+                bail!("--entrypoint needs an image, not --rootfs");
+            }
+            (dir.clone(), build_spec(&args, size)?)
+        }
+        None => {
+            let store = crate::images::open_store(store_root)?;
+            let name = &args.args[0];
+            let opts = husk_image::RegistryOptions::for_store(&store);
+            let image = husk_image::resolve_or_pull(
+                &store,
+                name,
+                &opts,
+                &husk_image::StderrProgress::new(),
+            )
+            .with_context(|| format!("cannot find or pull image {name}"))?;
+            let rootfs = store
+                .rootfs(&image, husk_image::UnpackLimits::default())
+                .with_context(|| format!("cannot unpack image {name}"))?;
+            let spec = image_spec(&args, &image, &rootfs.path, size)?;
+            let path = rootfs.path.clone();
+            _image_rootfs = Some(rootfs);
+            (path, spec)
+        }
+    };
+    let kernel = find_kernel(args.kernel.clone())?;
+    let agent = find_agent(args.agent.clone())?;
     // Signals go to the container: block them here (before any thread
     // starts, so every thread inherits the mask) and forward from one thread.
     let (ctl_tx, ctl_rx) = mpsc::channel();
@@ -166,7 +243,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = SandboxConfig {
         kernel,
         agent,
-        rootfs: Some(args.rootfs.clone()),
+        rootfs: Some(rootfs),
         mem_size: args
             .memory
             .checked_mul(1 << 20)

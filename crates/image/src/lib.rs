@@ -52,6 +52,7 @@
 pub mod digest;
 pub mod format;
 mod fsutil;
+pub mod import;
 pub mod load;
 pub mod process;
 pub mod progress;
@@ -63,6 +64,7 @@ pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use import::{ImportConfig, ImportError, import_dir};
 pub use load::{LoadError, Loaded, load, load_layout};
 pub use process::{ProcessError, ProcessSpec, ProcessUser, RunOverrides, resolve_process};
 pub use progress::{NoProgress, Progress, ProgressEvent, StderrProgress};

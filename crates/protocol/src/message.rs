@@ -56,6 +56,8 @@ pub struct RunSpec {
     pub uid: u32,
     /// Group id to run as.
     pub gid: u32,
+    /// Supplementary group ids (none: the process has no supplementary groups).
+    pub additional_gids: Vec<u32>,
     /// Run on a pseudo-terminal (its output comes as [`Event::Stdout`] only).
     pub tty: bool,
     /// Initial terminal size, when `tty`.
@@ -82,6 +84,7 @@ impl RunSpec {
             cwd: None,
             uid: 0,
             gid: 0,
+            additional_gids: Vec::new(),
             tty: false,
             term_size: None,
             main: false,

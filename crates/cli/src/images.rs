@@ -1,0 +1,177 @@
+//! The image commands: `pull`, `load`, `import`, `images`, `rmi`, `tag`,
+//! `image inspect`, `login`, `logout`, with Docker's output.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use husk_image::{ImportConfig, Reference, RegistryOptions, StderrProgress, Store};
+
+/// `--root`, or the default store.
+pub fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
+    let root = root.unwrap_or_else(Store::default_root);
+    Store::open(&root).with_context(|| format!("cannot open the image store at {}", root.display()))
+}
+
+/// `husk pull NAME[:TAG|@DIGEST]`.
+pub fn pull(store: &Store, name: &str) -> anyhow::Result<ExitCode> {
+    if husk_image::reference::uses_default_tag(name) {
+        eprintln!("Using default tag: latest");
+    }
+    let r = Reference::parse(name).with_context(|| format!("invalid reference format: {name}"))?;
+    let opts = RegistryOptions::for_store(store);
+    husk_image::pull(store, &r, &opts, &StderrProgress::new())
+        .with_context(|| format!("cannot pull {name}"))?;
+    println!("{r}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk load [-i FILE]` (a `docker save` tar or OCI archive, or an OCI layout directory).
+pub fn load(store: &Store, input: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let loaded = match input {
+        Some(p) if p.is_dir() => husk_image::load_layout(store, &p, None)
+            .with_context(|| format!("cannot load {}", p.display()))?,
+        Some(p) => {
+            let f =
+                std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+            husk_image::load(store, f, None)
+                .with_context(|| format!("cannot load {}", p.display()))?
+        }
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the archive from stdin")?;
+            husk_image::load(store, &buf[..], None).context("cannot load the archive from stdin")?
+        }
+    };
+    for img in loaded {
+        for line in img.lines() {
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk import DIR NAME [-c CMD]`: an image from a root directory, offline.
+pub fn import(
+    store: &Store,
+    dir: PathBuf,
+    name: &str,
+    cmd: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let cmd: Vec<String> = match cmd.as_deref().map(str::trim) {
+        None | Some("") => Vec::new(),
+        Some(j) if j.starts_with('[') => serde_json::from_str(j)
+            .with_context(|| format!("--cmd {j}: not a JSON array of strings"))?,
+        Some(words) => words.split_whitespace().map(str::to_owned).collect(),
+    };
+    let loaded = husk_image::import_dir(
+        store,
+        &dir,
+        name,
+        &ImportConfig {
+            cmd,
+            env: Vec::new(),
+        },
+    )
+    .with_context(|| format!("cannot import {}", dir.display()))?;
+    for img in loaded {
+        println!("{}", img.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk images`.
+pub fn images(store: &Store) -> anyhow::Result<ExitCode> {
+    let rows = store.images().context("cannot list images")?;
+    print!(
+        "{}",
+        husk_image::format::images_table(&rows, std::time::SystemTime::now())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk rmi [-f] IMAGE...`.
+pub fn rmi(store: &Store, images: &[String], force: bool) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for i in images {
+        match store.remove(i, force) {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => {
+                eprintln!("husk: error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `husk image inspect IMAGE...`.
+pub fn inspect(store: &Store, images: &[String]) -> anyhow::Result<ExitCode> {
+    let mut all = Vec::new();
+    for i in images {
+        let v = store
+            .inspect(i)
+            .with_context(|| format!("no such image: {i}"))?;
+        match v {
+            serde_json::Value::Array(items) => all.extend(items),
+            other => all.push(other),
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&all)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk tag SOURCE TARGET`.
+pub fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<ExitCode> {
+    store
+        .tag(source, target)
+        .with_context(|| format!("cannot tag {source} as {target}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk login [-u USER] [--password-stdin] REGISTRY`.
+pub fn login(
+    store: &Store,
+    registry: &str,
+    user: Option<String>,
+    password_stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    let user = match user {
+        Some(u) => u,
+        None => anyhow::bail!("give the user name with -u (interactive prompts are not supported)"),
+    };
+    if !password_stdin {
+        anyhow::bail!("give the password on standard input with --password-stdin");
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("cannot read the password")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    husk_image::login(
+        registry,
+        &user,
+        password,
+        &RegistryOptions::for_store(store),
+    )
+    .with_context(|| format!("cannot log in to {registry}"))?;
+    println!("Login Succeeded");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk logout REGISTRY`.
+pub fn logout(store: &Store, registry: &str) -> anyhow::Result<ExitCode> {
+    if husk_image::logout(registry, &RegistryOptions::for_store(store)).context("cannot log out")? {
+        println!("Removing login credentials for {registry}");
+    } else {
+        println!("Not logged in to {registry}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
