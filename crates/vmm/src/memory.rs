@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn maps_real_memory() {
-        use vm_memory::{Bytes, GuestMemoryBackend};
+        use vm_memory::{Bytes, GuestMemory};
         let m = create(64 << 20).unwrap();
         assert_eq!(m.num_regions(), 1);
         m.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();

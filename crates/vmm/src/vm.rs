@@ -18,7 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::load_cmdline;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 

@@ -119,7 +119,7 @@ pub fn build(spec: &BootParamsSpec) -> Result<boot_params, ParamsError> {
         *slot = boot_e820_entry {
             addr: e.addr,
             size: e.size,
-            r#type: e.kind,
+            type_: e.kind,
         };
     }
     p.e820_entries = spec.e820.len() as u8;
@@ -191,7 +191,7 @@ mod tests {
         assert_eq!((img, rsz, ty, lf & 1), (0x700_0000, 0x1234, 0xff, 1));
         assert_eq!(p.e820_entries, 2);
         let e1 = p.e820_table[1];
-        let (a, s, t) = (e1.addr, e1.size, e1.r#type);
+        let (a, s, t) = (e1.addr, e1.size, e1.type_);
         assert_eq!((a, s, t), (0x10_0000, (128 << 20) - 0x10_0000, E820_RAM));
     }
 

@@ -43,7 +43,7 @@ fn sock_path(name: &str) -> PathBuf {
 /// The guest driver's side of the three queues.
 ///
 /// `MockSplitQueue` provides the descriptor tables and available rings.
-/// Its used ring is not used: in virtio-queue 0.18 `MockSplitQueue::create`
+/// Its used ring is not used: in virtio-queue 0.17 `MockSplitQueue::create`
 /// places it over the available ring (`SplitQueueRing::end` adds the element
 /// count, not the byte size), so the driver puts the used ring at
 /// `USED_OFFSET` in each queue's area and reads it itself.
