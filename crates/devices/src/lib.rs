@@ -3,10 +3,10 @@
 //! A husk microVM has almost no hardware: one 16550A UART for the console
 //! (`legacy::Serial`, from vm-superio), the keyboard controller's reset line
 //! (`legacy::I8042`) and a power-off port (`legacy::PowerOff`). Everything else
-//! is virtio ([`virtio`]): the virtio-mmio transport and virtio-vsock. Devices
-//! on the port-I/O bus implement [`PioDevice`] and are routed by [`PioBus`];
-//! devices in the MMIO hole implement [`MmioDevice`] and are routed by
-//! [`MmioBus`].
+//! is virtio ([`virtio`]): the virtio-mmio transport, virtio-vsock and
+//! virtio-fs. Devices on the port-I/O bus implement [`PioDevice`] and are
+//! routed by [`PioBus`]; devices in the MMIO hole implement [`MmioDevice`]
+//! and are routed by [`MmioBus`].
 
 #![deny(missing_docs)]
 
@@ -17,5 +17,6 @@ pub mod virtio;
 
 pub use bus::{BusError, MmioBus, MmioDevice, PioBus, PioDevice};
 pub use exit::{ExitNotifier, GuestExit};
+pub use virtio::fs::{Fs, FsConfig, FsError};
 pub use virtio::vsock::{Vsock, VsockConfig, VsockError};
 pub use virtio::{Interrupt, MMIO_WINDOW_SIZE, MmioTransport, VirtioDevice, mmio_cmdline_arg};

@@ -1,5 +1,5 @@
 //! virtio: the virtio-mmio transport ([`MmioTransport`]) and the devices
-//! behind it ([`vsock::Vsock`]).
+//! behind it ([`vsock::Vsock`], [`fs::Fs`]).
 //!
 //! A device implements [`VirtioDevice`]; the transport owns it, decodes the
 //! guest's register accesses, negotiates features, collects the queue
@@ -19,6 +19,7 @@
 //!    exit);
 //! 4. add [`mmio_cmdline_arg`]`(base, gsi)` to the kernel command line.
 
+pub mod fs;
 mod interrupt;
 mod mmio;
 pub mod vsock;
@@ -34,6 +35,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub mod device_type {
     /// virtio-vsock.
     pub const VSOCK: u32 = 19;
+    /// virtio-fs.
+    pub const FS: u32 = 26;
 }
 
 /// Feature bits common to all devices.
