@@ -35,6 +35,7 @@ fn husk_once(kernel: &std::path::Path, initrd: &std::path::Path) -> Sample {
         console: Box::new(console.clone()),
         timeout: Some(Duration::from_secs(600)),
         vsock: None,
+        fs: Vec::new(),
         exit: None,
     })
     .expect("husk boot");

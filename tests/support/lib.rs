@@ -141,6 +141,7 @@ pub fn boot(kernel: &Path, initrd: &Path, cmdline: &str, vcpus: u8, timeout: Dur
         console: Box::new(console.clone()),
         timeout: Some(timeout),
         vsock: None,
+        fs: Vec::new(),
         exit: None,
     });
     Boot {

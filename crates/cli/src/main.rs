@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use husk_vmm::{CompatMode, GuestExit, VmConfig, VmmError};
+use husk_vmm::{CompatMode, FsShare, GuestExit, VmConfig, VmmError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -142,6 +142,30 @@ struct BootArgs {
     /// Stop the guest after this many seconds.
     #[arg(long)]
     timeout: Option<u64>,
+    /// Share a host directory over virtio-fs: TAG=DIR, or TAG=DIR:ro for a
+    /// read-only share; the guest mounts it with `mount -t virtiofs TAG
+    /// /mnt`. Repeatable.
+    #[arg(long = "share", value_name = "TAG=DIR[:ro]", value_parser = parse_share)]
+    shares: Vec<FsShare>,
+}
+
+/// Parses `--share TAG=DIR[:ro]`.
+fn parse_share(s: &str) -> Result<FsShare, String> {
+    let (tag, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected TAG=DIR or TAG=DIR:ro"))?;
+    let (dir, read_only) = match rest.strip_suffix(":ro") {
+        Some(d) => (d, true),
+        None => (rest.strip_suffix(":rw").unwrap_or(rest), false),
+    };
+    if tag.is_empty() || dir.is_empty() {
+        return Err(format!("{s:?}: expected TAG=DIR or TAG=DIR:ro"));
+    }
+    Ok(FsShare {
+        tag: tag.to_owned(),
+        host_dir: PathBuf::from(dir),
+        read_only,
+    })
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -169,6 +193,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         console: Box::new(std::io::stdout()),
         timeout: args.timeout.map(Duration::from_secs),
         vsock: None,
+        fs: args.shares,
         exit: None,
     };
     let outcome = husk_vmm::run(config).context("cannot boot the guest")?;

@@ -218,6 +218,7 @@ impl Sandbox {
                 uds_path: uds.clone(),
                 cid: husk_protocol::GUEST_CID,
             }),
+            fs: Vec::new(),
             exit: Some(exit.clone()),
         };
         let started = Instant::now();

@@ -69,6 +69,9 @@ pub enum VmmError {
     /// The vsock device could not be created.
     #[error("cannot create the vsock device")]
     Vsock(#[source] husk_devices::VsockError),
+    /// A virtio-fs device could not be created.
+    #[error("cannot create a virtio-fs device")]
+    Fs(#[source] husk_devices::FsError),
     /// Guest memory write.
     #[error("cannot write the {0} into guest memory")]
     GuestMemory(&'static str, #[source] vm_memory::GuestMemoryError),

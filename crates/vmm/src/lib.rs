@@ -17,4 +17,4 @@ pub mod x86_64;
 pub use error::VmmError;
 pub use host::HostKind;
 pub use husk_devices::{ExitNotifier, GuestExit};
-pub use vm::{CompatMode, VmConfig, VmOutcome, VsockSpec, run};
+pub use vm::{CompatMode, FsShare, VmConfig, VmOutcome, VsockSpec, run};

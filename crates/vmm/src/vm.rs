@@ -65,6 +65,9 @@ pub struct VmConfig {
     /// hybrid-vsock convention: host programs connect and write
     /// `CONNECT <port>`), with the guest's context id.
     pub vsock: Option<VsockSpec>,
+    /// Host directories shared with the guest over virtio-fs, one device
+    /// each; the guest mounts one with `mount -t virtiofs <tag> <dir>`.
+    pub fs: Vec<FsShare>,
     /// Shared with the caller, who can stop the VM early by notifying it
     /// (the guest is then stopped as if it had powered off).
     pub exit: Option<ExitNotifier>,
@@ -77,6 +80,17 @@ pub struct VsockSpec {
     pub uds_path: PathBuf,
     /// The guest's context id (3 or more).
     pub cid: u64,
+}
+
+/// A host directory shared with the guest over virtio-fs.
+#[derive(Debug, Clone)]
+pub struct FsShare {
+    /// The mount tag (1 to 36 bytes): `mount -t virtiofs <tag> <dir>`.
+    pub tag: String,
+    /// The host directory.
+    pub host_dir: PathBuf,
+    /// Refuse every change with `EROFS`, on the host side.
+    pub read_only: bool,
 }
 
 /// Where virtio-mmio devices go: the first 4 KiB window, and the first
@@ -144,6 +158,7 @@ impl std::fmt::Debug for VmConfig {
             .field("compat", &self.compat)
             .field("timeout", &self.timeout)
             .field("vsock", &self.vsock)
+            .field("fs", &self.fs)
             .finish_non_exhaustive()
     }
 }
@@ -289,6 +304,15 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
         let dev =
             husk_devices::Vsock::new(husk_devices::VsockConfig::new(v.cid, v.uds_path.clone()))
                 .map_err(VmmError::Vsock)?;
+        attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, &mut placed, dev)?;
+    }
+    for share in &config.fs {
+        let dev = husk_devices::Fs::new(husk_devices::FsConfig {
+            tag: share.tag.clone(),
+            host_dir: share.host_dir.clone(),
+            read_only: share.read_only,
+        })
+        .map_err(VmmError::Fs)?;
         attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, &mut placed, dev)?;
     }
     cmdline.push(&config.cmdline_extra);
