@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
@@ -223,12 +224,25 @@ pub(super) fn serve(
     })) {
         Ok(Ok(n)) => return (u32::try_from(n).unwrap_or(u32::MAX), None),
         Ok(Err(e)) => (libc::EINVAL, format!("bad request: {e}")),
-        Err(_) => (
-            libc::EIO,
-            "the FUSE server panicked on a request".to_string(),
-        ),
+        Err(_) => {
+            CAUGHT_PANICS.fetch_add(1, Ordering::Relaxed);
+            (
+                libc::EIO,
+                "the FUSE server panicked on a request".to_string(),
+            )
+        }
     };
     (reply_error(mem, fallback, errno), Some(what))
+}
+
+/// Panics caught in the FUSE server, process-wide.
+static CAUGHT_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests made the FUSE server panic (each cost only that
+/// request), since the process started.
+#[cfg(test)]
+pub(super) fn caught_panics() -> u64 {
+    CAUGHT_PANICS.load(Ordering::Relaxed)
 }
 
 /// Writes an error reply for the request in `chain`, if it has a header
