@@ -45,7 +45,10 @@
 //! guest follow it there. Requests run with the guest's uid/gid as the
 //! thread's effective ids when husk is root (guest root is host root inside
 //! the share), so read-write shares can get setuid files; the wrapper
-//! ([`share`]) at least refuses device nodes and `security.*` xattrs.
+//! ([`share`]) at least refuses device nodes and `security.*` xattrs. When
+//! husk is not root, every request runs as husk's own user (the guest's
+//! ids are not switched to, which would fail), so the guest can do no more
+//! on the host than husk's user can.
 //!
 //! # Read-only shares
 //!
@@ -184,7 +187,9 @@ impl Fs {
                     source,
                 }
             })?;
-        let fs = Arc::new(ShareFs::new(passthrough, config.read_only));
+        // SAFETY: geteuid(2) has no preconditions and touches no memory.
+        let host_root = unsafe { libc::geteuid() } == 0;
+        let fs = Arc::new(ShareFs::new(passthrough, config.read_only, host_root));
         let server = Arc::new(Server::new(fs.clone()));
         Ok(Self {
             config,

@@ -68,12 +68,18 @@ pub(super) fn passthrough_config(root_dir: String) -> Config {
 pub(super) struct ShareFs {
     inner: PassthroughFs,
     read_only: bool,
+    /// Whether husk runs as root. If not, the passthrough cannot switch
+    /// the thread to the guest caller's uid/gid (it would fail every
+    /// request from a non-root guest user with EPERM), so every request
+    /// runs as husk's own user: files the guest creates belong to it.
+    host_root: bool,
 }
 
 impl std::fmt::Debug for ShareFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShareFs")
             .field("read_only", &self.read_only)
+            .field("host_root", &self.host_root)
             .finish_non_exhaustive()
     }
 }
@@ -107,8 +113,12 @@ fn check_name(name: &CStr) -> io::Result<()> {
 }
 
 impl ShareFs {
-    pub(super) fn new(inner: PassthroughFs, read_only: bool) -> Self {
-        Self { inner, read_only }
+    pub(super) fn new(inner: PassthroughFs, read_only: bool, host_root: bool) -> Self {
+        Self {
+            inner,
+            read_only,
+            host_root,
+        }
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -133,6 +143,15 @@ impl FileSystem for ShareFs {
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         self.inner.init(capable)
+    }
+
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        // The passthrough switches credentials only for non-zero ids.
+        if !self.host_root {
+            ctx.uid = 0;
+            ctx.gid = 0;
+        }
+        Ok(())
     }
 
     fn destroy(&self) {

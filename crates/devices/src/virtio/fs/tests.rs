@@ -1024,3 +1024,28 @@ fn random_requests_never_panic_hang_or_leave_the_share() {
     let (out, _) = drv.call(Opcode::Getattr, ROOT, GetattrIn::default().as_slice());
     assert_eq!(out.error, 0);
 }
+
+#[test]
+fn without_root_requests_run_as_husks_own_user() {
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+    let d = share();
+    let root = std::fs::canonicalize(d.path()).unwrap();
+    let pt = || {
+        PassthroughFs::new(share::passthrough_config(root.to_str().unwrap().to_owned())).unwrap()
+    };
+    let guest = Context {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+    };
+    let mut ctx = guest;
+    share::ShareFs::new(pt(), false, false)
+        .id_remap(&mut ctx)
+        .unwrap();
+    assert_eq!((ctx.uid, ctx.gid), (0, 0));
+    let mut ctx = guest;
+    share::ShareFs::new(pt(), false, true)
+        .id_remap(&mut ctx)
+        .unwrap();
+    assert_eq!((ctx.uid, ctx.gid), (1000, 1000));
+}
