@@ -2,7 +2,8 @@
 //! virtio-vsock (one boot serves every check: boots are slow on PVM hosts).
 //! Checks: stdout and stderr arrive separately and in order; stdin is piped
 //! through; exit codes 0, 3 and 137 (killed) come back; a signal sent from
-//! the host reaches the process; 10 MiB of output arrives intact; a process
+//! the host reaches the process; a pseudo-terminal has the size asked for and
+//! follows resizes; 10 MiB of output arrives intact; a process
 //! that never reads its stdin does not hang the host; env, cwd and user are
 //! applied; the main process's exit powers the VM off.
 
@@ -11,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use husk_e2e::{Capture, busybox_rootfs, require_kvm, sandbox_config};
-use husk_runtime::{Control, ExitStatus, RunSpec, Sandbox, Stdio};
+use husk_runtime::{Control, ExitStatus, RunSpec, Sandbox, Stdio, TermSize};
 use husk_vmm::GuestExit;
 use sha2::{Digest, Sha256};
 
@@ -182,6 +183,39 @@ fn sandbox_runs_processes_over_vsock() {
         tx.send(Control::Signal(15)).unwrap();
         assert_eq!(trap.join().unwrap().unwrap().0, ExitStatus::Code(42));
         assert!(out.text().contains("got TERM"));
+
+        // A pseudo-terminal: the process sees a tty of the size asked for,
+        // and a resize from the host reaches it.
+        let (out, _, mut stdio) = captured();
+        let (r, mut w) = std::io::pipe().unwrap();
+        stdio.stdin = Some(Box::new(r));
+        let (tx, rx) = mpsc::channel();
+        let tty_spec =
+            spec("tty; stty size; read x; stty size").tty(Some(TermSize { rows: 24, cols: 80 }));
+        let tty = {
+            let sb = &sb;
+            s.spawn(move || sb.exec(tty_spec, stdio, Some(rx)))
+        };
+        assert!(
+            out.wait_for("24 80", Duration::from_secs(120)),
+            "no tty size: {:?}",
+            out.text()
+        );
+        tx.send(Control::Resize(TermSize {
+            rows: 40,
+            cols: 100,
+        }))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        w.write_all(b"go\n").unwrap();
+        assert_eq!(tty.join().unwrap().unwrap().0, ExitStatus::Code(0));
+        drop(w);
+        let text = out.text();
+        assert!(text.starts_with("/dev/pts/"), "{text:?}");
+        assert!(
+            text.contains("24 80\r\n") && text.contains("40 100\r\n"),
+            "{text:?}"
+        );
 
         // 10 MiB of output arrives intact.
         let (out, _, stdio) = captured();

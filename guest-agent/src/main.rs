@@ -36,6 +36,10 @@ fn log(msg: &str) {
     let _ = writeln!(std::io::stderr(), "husk-agent: {msg}");
 }
 
+/// Mounts the kernel filesystems under `root` ("" for the agent's own root).
+/// The container root gets a bind mount of the agent's /dev/pts rather than
+/// a new devpts instance: the agent opens the container's terminals, and the
+/// container must find them (ttyname) in its own /dev/pts.
 fn setup_mounts(root: &str) {
     let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     let mounts: [(&str, &str, &str, libc::c_ulong, Option<&str>); 6] = [
@@ -72,6 +76,13 @@ fn setup_mounts(root: &str) {
     ];
     for (src, dir, fs, flags, data) in mounts {
         let target = format!("{root}/{dir}");
+        if !root.is_empty() && fs == "devpts" {
+            let _ = std::fs::create_dir_all(&target);
+            if let Err(e) = sys::mount("/dev/pts", &target, "", libc::MS_BIND, None) {
+                log(&format!("bind mount /dev/pts on {target}: {e}"));
+            }
+            continue;
+        }
         let _ = std::fs::create_dir_all(&target);
         if let Err(e) = sys::mount(src, &target, fs, flags, data) {
             // Already mounted (devtmpfs automount) is fine.
