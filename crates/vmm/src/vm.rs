@@ -301,9 +301,15 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
     let mut mmio = husk_devices::MmioBus::new();
     let mut placed = Vec::new();
     if let Some(v) = &config.vsock {
-        let dev =
-            husk_devices::Vsock::new(husk_devices::VsockConfig::new(v.cid, v.uds_path.clone()))
-                .map_err(VmmError::Vsock)?;
+        let mut vcfg = husk_devices::VsockConfig::new(v.cid, v.uds_path.clone());
+        if host == HostKind::Pvm {
+            // The guest kernel runs emulated: answering a connection or
+            // closing one can take seconds under load, so the device waits
+            // longer before it gives up on the guest.
+            vcfg.connect_timeout = Duration::from_secs(60);
+            vcfg.close_timeout = Duration::from_secs(60);
+        }
+        let dev = husk_devices::Vsock::new(vcfg).map_err(VmmError::Vsock)?;
         attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, &mut placed, dev)?;
     }
     for share in &config.fs {
