@@ -5,7 +5,11 @@
 //! the host reaches the process; a pseudo-terminal has the size asked for and
 //! follows resizes; 10 MiB of output arrives intact; a process
 //! that never reads its stdin does not hang the host; env, cwd and user are
-//! applied; the main process's exit powers the VM off.
+//! applied; the rootfs arrives read-only over virtio-fs with a writable
+//! overlay and the host's directory never changes; `:ro` volumes refuse
+//! writes with EROFS and read-write volumes go both ways; symlinks and '..'
+//! never reach host files outside the shares; the main process's exit powers
+//! the VM off.
 
 use std::io::Write;
 use std::sync::mpsc;
@@ -41,6 +45,29 @@ fn sh(sb: &Sandbox, script: &str) -> (ExitStatus, String, String) {
     (st, out.text(), err.text())
 }
 
+/// Every path, type and size below `dir`, sorted (to see that it did not change).
+fn tree_listing(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            out.push(format!(
+                "{} {:?} {}",
+                e.path().display(),
+                m.file_type(),
+                m.len()
+            ));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// What `seq 1 1500000 | head -c 10485760` prints.
 fn expected_seq() -> Vec<u8> {
     let mut v = Vec::with_capacity(12 << 20);
@@ -54,7 +81,23 @@ fn expected_seq() -> Vec<u8> {
 #[test]
 fn sandbox_runs_processes_over_vsock() {
     require_kvm();
-    let config = sandbox_config("sandbox", &busybox_rootfs());
+    let mut config = sandbox_config("sandbox", &busybox_rootfs());
+    // Volumes: one read-only, one read-write, and a host file outside both
+    // that a symlink in a volume points at.
+    let vols = husk_e2e::scratch("sandbox-volumes");
+    let (ro, rw) = (vols.join("ro"), vols.join("rw"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("hello.txt"), "from the host\n").unwrap();
+    let secret = vols.join("secret.txt");
+    std::fs::write(&secret, "HOST SECRET\n").unwrap();
+    std::os::unix::fs::symlink(&secret, rw.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../secret.txt", rw.join("escape-rel")).unwrap();
+    config.volumes = vec![
+        husk_runtime::Volume::parse(&format!("{}:/ro:ro", ro.display())).unwrap(),
+        husk_runtime::Volume::parse(&format!("{}:/rw", rw.display())).unwrap(),
+    ];
+    let rootfs_before = tree_listing(&busybox_rootfs());
     let t = Instant::now();
     let sb = Sandbox::start(&config).unwrap_or_else(|e| {
         panic!(
@@ -122,6 +165,59 @@ fn sandbox_runs_processes_over_vsock() {
             (ExitStatus::Code(0), "bar baz\n/tmp\n65534\n65534\n"),
             "stderr: {}",
             err.text()
+        );
+
+        // The rootfs comes read-only over virtio-fs with an overlay: the
+        // container can write, but the host's directory does not change.
+        let (st, out, err) = sh(
+            &sb,
+            "mount | grep -c -E 'on / type overlay|on /ro type virtiofs \\(ro|on /rw type virtiofs \\(rw'; echo new > /bin/written-by-container; cat /bin/written-by-container",
+        );
+        assert_eq!(
+            (st, out.as_str()),
+            (ExitStatus::Code(0), "3\nnew\n"),
+            "stderr: {err}"
+        );
+        assert_eq!(
+            tree_listing(&busybox_rootfs()),
+            rootfs_before,
+            "the shared rootfs changed"
+        );
+
+        // Volumes: read-only refuses with EROFS; read-write goes both ways.
+        let (st, out, _) = sh(
+            &sb,
+            "cat /ro/hello.txt; echo x > /ro/new 2>/dev/null || echo refused; touch /ro/new 2>&1 | grep -c 'Read-only file system'",
+        );
+        assert_eq!(
+            (st, out.as_str()),
+            (ExitStatus::Code(0), "from the host\nrefused\n1\n")
+        );
+        std::fs::write(rw.join("from-host.txt"), "host wrote this\n").unwrap();
+        let (st, out, _) = sh(
+            &sb,
+            "cat /rw/from-host.txt; echo guest wrote this > /rw/from-guest.txt",
+        );
+        assert_eq!(
+            (st, out.as_str()),
+            (ExitStatus::Code(0), "host wrote this\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(rw.join("from-guest.txt")).unwrap(),
+            "guest wrote this\n"
+        );
+        assert!(!ro.join("new").exists());
+
+        // Escapes: symlinks out of a share resolve inside the guest, and
+        // '..' at a share's root stays in the guest: the host file is never
+        // reached.
+        let (_, out, _) = sh(
+            &sb,
+            "cat /rw/escape /rw/escape-rel /rw/../secret.txt /ro/../../secret.txt /proc/self/root/rw/../../secret.txt 2>&1; ls -a /rw/..",
+        );
+        assert!(
+            !out.contains("HOST SECRET"),
+            "a host file outside the shares was read: {out}"
         );
 
         // stdin is piped through: cat echoes what it is given, then sees EOF.

@@ -24,9 +24,9 @@ use husk_protocol::{Event, FrameReader, FrameWriter, MAX_DATA_CHUNK, Request, ag
 
 use crate::reaper::Reaper;
 
-/// Where the container's root directory is, if the host packed one into the
-/// initramfs (virtio-fs comes later). Without it, processes run in the
-/// initramfs root.
+/// Where the container's root directory is: an overlay over the virtio-fs
+/// share, or a directory the host packed into the initramfs. Without it,
+/// processes run in the initramfs root.
 const CONTAINER_ROOT: &str = "/rootfs";
 /// How long the agent waits for the host to close the main process's
 /// connection before it powers off anyway.
@@ -306,12 +306,84 @@ fn power_off() -> ! {
     std::process::exit(1);
 }
 
+/// What husk put on the kernel command line for the agent.
+#[derive(Debug, Default, PartialEq)]
+struct BootArgs {
+    /// `husk.rootfs=virtiofs`: the root is the virtio-fs share `rootfs`.
+    rootfs_virtiofs: bool,
+    /// `husk.volume=TAG:PATH:ro|rw`, in order.
+    volumes: Vec<(String, String, bool)>,
+}
+
+fn parse_cmdline(cmdline: &str) -> BootArgs {
+    let mut a = BootArgs::default();
+    for word in cmdline.split_whitespace() {
+        if word == "husk.rootfs=virtiofs" {
+            a.rootfs_virtiofs = true;
+        } else if let Some(v) = word.strip_prefix("husk.volume=") {
+            let mut it = v.splitn(3, ':');
+            if let (Some(tag), Some(path), Some(mode)) = (it.next(), it.next(), it.next())
+                && path.starts_with('/')
+                && !path.split('/').any(|c| c == "..")
+            {
+                a.volumes
+                    .push((tag.to_owned(), path.to_owned(), mode == "ro"));
+            }
+        }
+    }
+    a
+}
+
+/// Builds the container root from the virtio-fs share: the share read-only
+/// below, an overlay on top whose upper layer is guest memory (tmpfs), so the
+/// host's directory is never changed and each container's writes are its
+/// own.
+fn mount_virtiofs_root() -> std::io::Result<()> {
+    for d in ["/lower", "/overlay", CONTAINER_ROOT] {
+        std::fs::create_dir_all(d)?;
+    }
+    sys::mount("rootfs", "/lower", "virtiofs", libc::MS_RDONLY, None)?;
+    sys::mount("overlay-rw", "/overlay", "tmpfs", 0, Some("mode=0755"))?;
+    std::fs::create_dir_all("/overlay/upper")?;
+    std::fs::create_dir_all("/overlay/work")?;
+    sys::mount(
+        "overlay",
+        CONTAINER_ROOT,
+        "overlay",
+        0,
+        Some("lowerdir=/lower,upperdir=/overlay/upper,workdir=/overlay/work"),
+    )
+}
+
+fn mount_volumes(volumes: &[(String, String, bool)]) {
+    for (tag, path, ro) in volumes {
+        let target = format!("{CONTAINER_ROOT}{path}");
+        let _ = std::fs::create_dir_all(&target);
+        let flags = if *ro { libc::MS_RDONLY } else { 0 };
+        if let Err(e) = sys::mount(tag, &target, "virtiofs", flags, None) {
+            log(&format!("cannot mount volume {tag} on {path}: {e}"));
+        }
+    }
+}
+
 fn main() {
     if std::process::id() != 1 {
         log("must run as PID 1 in a husk guest");
         std::process::exit(2);
     }
     setup_mounts("");
+    let args = parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if args.rootfs_virtiofs
+        && let Err(e) = mount_virtiofs_root()
+    {
+        log(&format!(
+            "cannot mount the container root from virtio-fs: {e}"
+        ));
+        power_off();
+    }
+    if !args.volumes.is_empty() {
+        mount_volumes(&args.volumes);
+    }
     let root = std::path::Path::new(CONTAINER_ROOT).is_dir().then(|| {
         setup_mounts(CONTAINER_ROOT);
         CONTAINER_ROOT.to_owned()
@@ -350,5 +422,27 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_husk_args_from_the_command_line() {
+        let a = parse_cmdline(
+            "console=ttyS0 quiet husk.rootfs=virtiofs husk.volume=vol0:/data:ro husk.volume=vol1:/w:rw",
+        );
+        assert!(a.rootfs_virtiofs);
+        assert_eq!(
+            a.volumes,
+            vec![
+                ("vol0".into(), "/data".into(), true),
+                ("vol1".into(), "/w".into(), false)
+            ]
+        );
+        let a = parse_cmdline("husk.volume=bad husk.volume=v:relative:rw husk.volume=v:/a/../b:ro");
+        assert_eq!(a, BootArgs::default());
     }
 }

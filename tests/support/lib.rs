@@ -70,8 +70,13 @@ pub fn guest_kernel() -> PathBuf {
 }
 
 /// Checks that this machine can run guests, failing loudly (not skipping)
-/// with what is missing.
+/// with what is missing. Also sends husk's own warnings (a vsock connection
+/// reset, say) to the test's stderr, so a failure shows its cause.
 pub fn require_kvm() {
+    let _ = env_logger::Builder::new()
+        .parse_filters(&std::env::var("HUSK_LOG").unwrap_or_else(|_| "warn".into()))
+        .is_test(true)
+        .try_init();
     let kvm = Path::new("/dev/kvm");
     assert!(
         kvm.exists(),
@@ -243,6 +248,8 @@ pub fn sandbox_config(name: &str, rootfs: &Path) -> husk_runtime::SandboxConfig 
         kernel: guest_kernel(),
         agent: agent_binary(),
         rootfs: Some(rootfs.to_owned()),
+        rootfs_via: husk_runtime::RootfsVia::VirtioFs,
+        volumes: Vec::new(),
         mem_size: 128 << 20,
         vcpus: 1,
         dir: scratch(name),

@@ -22,6 +22,13 @@ pub struct RunArgs {
     /// Overwrite the image's entrypoint ("" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// Mount a host directory: HOST:CONTAINER[:ro].
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// How the root directory reaches the guest: virtiofs (shared read-only,
+    /// with a writable overlay in the guest) or initramfs (copied).
+    #[arg(long, value_enum, default_value_t = RootfsViaArg::Virtiofs)]
+    pub rootfs_via: RootfsViaArg,
     /// Set an environment variable (NAME=VALUE, or NAME to copy it from here).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -65,6 +72,15 @@ pub struct RunArgs {
         value_name = "IMAGE [COMMAND]"
     )]
     pub args: Vec<String>,
+}
+
+/// `--rootfs-via`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum RootfsViaArg {
+    /// virtio-fs share + overlay.
+    Virtiofs,
+    /// Copied into the initramfs.
+    Initramfs,
 }
 
 fn beside_exe(name: &str) -> Option<PathBuf> {
@@ -235,6 +251,11 @@ pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCod
     };
     let kernel = find_kernel(args.kernel.clone())?;
     let agent = find_agent(args.agent.clone())?;
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| husk_runtime::Volume::parse(v).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Signals go to the container: block them here (before any thread
     // starts, so every thread inherits the mask) and forward from one thread.
     let (ctl_tx, ctl_rx) = mpsc::channel();
@@ -244,6 +265,11 @@ pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCod
         kernel,
         agent,
         rootfs: Some(rootfs),
+        rootfs_via: match args.rootfs_via {
+            RootfsViaArg::Virtiofs => husk_runtime::RootfsVia::VirtioFs,
+            RootfsViaArg::Initramfs => husk_runtime::RootfsVia::Initramfs,
+        },
+        volumes,
         mem_size: args
             .memory
             .checked_mul(1 << 20)

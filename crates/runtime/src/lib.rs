@@ -1,10 +1,11 @@
 //! The sandbox: one microVM running husk's guest agent, and the processes it
 //! runs for the host.
 //!
-//! [`Sandbox::start`] packs the agent (as `/init`) and the container's root
-//! directory (as `/rootfs`) into an initramfs, boots the VM on a thread with a
-//! vsock device whose host side is a Unix socket in the sandbox's directory,
-//! and waits for the agent to answer. [`Sandbox::exec`] runs one process
+//! [`Sandbox::start`] packs the agent (as `/init`) into an initramfs, shares
+//! the container's root directory read-only over virtio-fs (or packs it into
+//! the initramfs), shares the volumes, boots the VM on a thread with a vsock
+//! device whose host side is a Unix socket in the sandbox's directory, and
+//! waits for the agent to answer. [`Sandbox::exec`] runs one process
 //! over its own vsock connection, streaming stdio and forwarding signals,
 //! and returns its exit status. The process marked [`RunSpec::main`] is the
 //! container's main process: the agent powers the VM off when it has exited
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::{Event, FrameReader, FrameWriter, MAX_DATA_CHUNK, Request};
 pub use husk_protocol::{ExitStatus, RunSpec, TermSize};
-use husk_vmm::{CompatMode, ExitNotifier, GuestExit, VmConfig, VmOutcome, VmmError, VsockSpec};
+use husk_vmm::{
+    CompatMode, ExitNotifier, FsShare, GuestExit, VmConfig, VmOutcome, VmmError, VsockSpec,
+};
 
 /// Errors running a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +77,12 @@ pub struct SandboxConfig {
     pub kernel: PathBuf,
     /// The guest agent binary (static), packed as `/init`.
     pub agent: PathBuf,
-    /// The container's root directory, packed as `/rootfs` (until virtio-fs).
+    /// The container's root directory.
     pub rootfs: Option<PathBuf>,
+    /// How the root directory reaches the guest.
+    pub rootfs_via: RootfsVia,
+    /// Host directories shared into the container.
+    pub volumes: Vec<Volume>,
     /// Guest memory in bytes.
     pub mem_size: u64,
     /// vCPUs.
@@ -88,6 +95,74 @@ pub struct SandboxConfig {
     pub cmdline_extra: String,
     /// Also copy the guest console to this process's stderr.
     pub console_to_stderr: bool,
+}
+
+/// How the container's root directory reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RootfsVia {
+    /// A read-only virtio-fs share (tag `rootfs`), never changed; the
+    /// container writes to an overlay whose upper layer is guest memory, and
+    /// which goes with the VM.
+    #[default]
+    VirtioFs,
+    /// Copied into the initramfs (slow to unpack where the guest kernel is
+    /// emulated; kept for kernels without virtio-fs).
+    Initramfs,
+}
+
+/// A host directory mounted into the container (`-v HOST:GUEST[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The host directory.
+    pub host: PathBuf,
+    /// Where it appears in the container (absolute).
+    pub guest: String,
+    /// Refuse writes (enforced by the host's virtio-fs server).
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// Parses Docker's `HOST:GUEST[:ro|rw]`.
+    pub fn parse(spec: &str) -> Result<Volume, String> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (host, guest, mode) = match parts.as_slice() {
+            [h, g] => (*h, *g, "rw"),
+            [h, g, m] => (*h, *g, *m),
+            _ => return Err(format!("invalid volume {spec:?}: expected HOST:GUEST[:ro]")),
+        };
+        let read_only = match mode {
+            "ro" => true,
+            "rw" => false,
+            m => {
+                return Err(format!(
+                    "invalid volume mode {m:?} in {spec:?}: expected ro or rw"
+                ));
+            }
+        };
+        if !guest.starts_with('/') || guest == "/" || guest.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "invalid volume {spec:?}: the container path must be absolute, not / and without '..'"
+            ));
+        }
+        if guest.chars().any(|c| c.is_whitespace() || c == ',') {
+            return Err(format!(
+                "invalid volume {spec:?}: the container path must not contain spaces or commas"
+            ));
+        }
+        let host =
+            std::fs::canonicalize(host).map_err(|e| format!("volume {spec:?}: {host}: {e}"))?;
+        if !host.is_dir() {
+            return Err(format!(
+                "volume {spec:?}: {} is not a directory (file volumes are not supported yet)",
+                host.display()
+            ));
+        }
+        Ok(Volume {
+            host,
+            guest: guest.trim_end_matches('/').to_owned(),
+            read_only,
+        })
+    }
 }
 
 /// Where a process's streams come from and go to.
@@ -197,7 +272,37 @@ impl Sandbox {
         let uds = config.dir.join("vsock.sock");
         let _ = std::fs::remove_file(&uds);
         let initrd = config.dir.join("initrd.cpio");
-        let bytes = build_initramfs(&config.agent, config.rootfs.as_deref())?;
+        // The shares the guest mounts, and the agent's instructions for
+        // them on the command line (it reads /proc/cmdline).
+        let mut fs = Vec::new();
+        let mut args = vec!["quiet".to_owned()];
+        let packed_root = match (&config.rootfs, config.rootfs_via) {
+            (Some(root), RootfsVia::VirtioFs) => {
+                fs.push(FsShare {
+                    tag: "rootfs".into(),
+                    host_dir: root.clone(),
+                    read_only: true,
+                });
+                args.push("husk.rootfs=virtiofs".into());
+                None
+            }
+            (root, _) => root.as_deref(),
+        };
+        for (i, v) in config.volumes.iter().enumerate() {
+            let tag = format!("vol{i}");
+            args.push(format!(
+                "husk.volume={tag}:{}:{}",
+                v.guest,
+                if v.read_only { "ro" } else { "rw" }
+            ));
+            fs.push(FsShare {
+                tag,
+                host_dir: v.host.clone(),
+                read_only: v.read_only,
+            });
+        }
+        args.push(config.cmdline_extra.clone());
+        let bytes = build_initramfs(&config.agent, packed_root)?;
         std::fs::write(&initrd, bytes).map_err(prep(&initrd))?;
         let console_log = config.dir.join("console.log");
         let file = std::fs::File::create(&console_log).map_err(prep(&console_log))?;
@@ -205,7 +310,7 @@ impl Sandbox {
         let vm_config = VmConfig {
             kernel: config.kernel.clone(),
             initrd: Some(initrd),
-            cmdline_extra: format!("quiet {}", config.cmdline_extra),
+            cmdline_extra: args.join(" "),
             mem_size: config.mem_size,
             vcpus: config.vcpus,
             compat: CompatMode::Auto,
@@ -218,7 +323,7 @@ impl Sandbox {
                 uds_path: uds.clone(),
                 cid: husk_protocol::GUEST_CID,
             }),
-            fs: Vec::new(),
+            fs,
             exit: Some(exit.clone()),
         };
         let started = Instant::now();
@@ -481,4 +586,30 @@ pub fn run(
         boot_time,
         exec,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_parse_like_docker() {
+        let tmp = std::env::temp_dir();
+        let v = Volume::parse(&format!("{}:/data", tmp.display())).unwrap();
+        assert_eq!((v.guest.as_str(), v.read_only), ("/data", false));
+        let v = Volume::parse(&format!("{}:/data/:ro", tmp.display())).unwrap();
+        assert_eq!((v.guest.as_str(), v.read_only), ("/data", true));
+        for bad in [
+            "nocolon",
+            "/tmp:relative",
+            "/tmp:/",
+            "/tmp:/a/../b",
+            "/tmp:/x:rx",
+            "/tmp:/a b",
+            "/nonexistent-husk:/x",
+            "/tmp:/x:ro:extra",
+        ] {
+            assert!(Volume::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
