@@ -74,16 +74,79 @@ fn sigterm_reaches_the_container() {
     assert!(t.elapsed() < Duration::from_secs(120));
 }
 
+/// The image workflow, offline: `husk import` a root directory, `husk images`
+/// lists it, `husk run IMAGE` runs its default command or the one given; a
+/// container killed by SIGKILL exits 137; a second container of the image
+/// does not see the first one's writes.
 #[test]
-fn killed_container_exits_137() {
+fn import_an_image_and_run_it() {
     require_kvm();
-    let out = husk_run(&["--", "sh", "-c", "kill -9 $$"])
-        .output()
-        .unwrap();
+    let store = husk_e2e::scratch("image-store");
+    let husk = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
+        c.arg("--root").arg(&store).args(args);
+        c
+    };
+    let rootfs = busybox_rootfs();
+    let cmd = r#"["/bin/sh","-c","echo default; touch /marker; kill -9 $$"]"#;
+    let out = husk(&[
+        "import",
+        rootfs.to_str().unwrap(),
+        "e2e-busybox:1",
+        "--cmd",
+        cmd,
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
+    let out = husk(&["images"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("e2e-busybox") && l.contains(" 1 ")),
+        "{listing}"
+    );
+
+    let kernel = guest_kernel();
+    let agent = agent_binary();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--agent",
+            agent.to_str().unwrap(),
+            "-m",
+            "128",
+            "e2e-busybox:1",
+        ];
+        args.extend_from_slice(extra);
+        husk(&args).output().unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "default\n");
     assert_eq!(
         out.status.code(),
         Some(137),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A second container of the same image does not see the first one's
+    // writes (each has its own overlay over the shared, unchanged rootfs).
+    let out = run(&["sh", "-c", "test -e /marker && echo seen || echo clean"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "clean\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!rootfs.join("marker").exists());
+    let _ = std::fs::remove_dir_all(&store);
 }
