@@ -11,9 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_e2e::{
-    Initramfs, compile_static_c, guest_kernel, printk_time, repo_root, require_kvm, scratch,
-};
+use husk_e2e::{guest_kernel, printk_time, require_kvm, scratch, test_init_initramfs};
 use husk_vmm::boot::cmdline::KernelCmdline;
 use husk_vmm::{CompatMode, GuestExit, VmConfig};
 
@@ -141,19 +139,7 @@ fn main() {
         .unwrap_or(3);
     let kernel = guest_kernel();
     let dir = scratch("bench-boot");
-    let init = dir.join("init");
-    compile_static_c(&repo_root().join("tests/guest/init.c"), &init);
-    let mut rd = Initramfs::new();
-    rd.file_from("init", 0o755, &init).unwrap();
-    rd.file(
-        "etc/husk-test.txt",
-        0o644,
-        b"hello from the initramfs\n".to_vec(),
-    )
-    .unwrap();
-    rd.char_dev("dev/console", 0o600, 5, 1).unwrap();
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, rd.to_bytes().unwrap()).unwrap();
+    let initrd = test_init_initramfs(&dir);
 
     // QEMU gets exactly the command line husk would give the guest here.
     let host = husk_vmm::host::detect();

@@ -8,28 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use husk_e2e::{
-    Initramfs, boot, compile_static_c, guest_kernel, printk_time, repo_root, require_kvm, scratch,
-};
+use husk_e2e::{boot, guest_kernel, printk_time, require_kvm, scratch, test_init_initramfs};
 use husk_vmm::{GuestExit, HostKind};
-
-/// The test program and its file, packed into an initramfs in `dir`.
-fn test_initramfs(dir: &std::path::Path) -> std::path::PathBuf {
-    let init = dir.join("init");
-    compile_static_c(&repo_root().join("tests/guest/init.c"), &init);
-    let mut rd = Initramfs::new();
-    rd.file_from("init", 0o755, &init).unwrap();
-    rd.file(
-        "etc/husk-test.txt",
-        0o644,
-        b"hello from the initramfs\n".to_vec(),
-    )
-    .unwrap();
-    rd.char_dev("dev/console", 0o600, 5, 1).unwrap();
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, rd.to_bytes().unwrap()).unwrap();
-    initrd
-}
 
 /// Asserts the test program's lines, in the order it prints them.
 fn assert_checks(console: &str) {
@@ -63,7 +43,7 @@ fn bzimage_boots_too() {
         "guest-kernel/build.sh puts a bzImage beside the vmlinux"
     );
     let dir = scratch("bzimage");
-    let initrd = test_initramfs(&dir);
+    let initrd = test_init_initramfs(&dir);
     let b = boot(&bzimage, &initrd, "", 1, Duration::from_secs(600));
     let outcome = b
         .result
@@ -78,7 +58,7 @@ fn guest_runs_user_space_and_powers_off() {
     require_kvm();
     let kernel = guest_kernel();
     let dir = scratch("boot");
-    let initrd = test_initramfs(&dir);
+    let initrd = test_init_initramfs(&dir);
 
     let started = Instant::now();
     let b = boot(&kernel, &initrd, "", 2, Duration::from_secs(600));

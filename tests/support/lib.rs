@@ -100,6 +100,26 @@ pub fn compile_static_c(src: &Path, out: &Path) {
     assert!(status.success(), "gcc failed to build {}", src.display());
 }
 
+/// `tests/guest/init.c` built static, packed with the file it reads into an
+/// initramfs in `dir`; returns the archive's path. Shared by the boot test
+/// and the boot benchmark.
+pub fn test_init_initramfs(dir: &Path) -> PathBuf {
+    let init = dir.join("init");
+    compile_static_c(&repo_root().join("tests/guest/init.c"), &init);
+    let mut rd = Initramfs::new();
+    rd.file_from("init", 0o755, &init).unwrap();
+    rd.file(
+        "etc/husk-test.txt",
+        0o644,
+        b"hello from the initramfs\n".to_vec(),
+    )
+    .unwrap();
+    rd.char_dev("dev/console", 0o600, 5, 1).unwrap();
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, rd.to_bytes().unwrap()).unwrap();
+    initrd
+}
+
 /// A console sink the test can read while the guest writes.
 #[derive(Clone, Default, Debug)]
 pub struct Console(Arc<Mutex<Vec<u8>>>);
