@@ -5,7 +5,8 @@
 //! the host reaches the process; a pseudo-terminal has the size asked for and
 //! follows resizes; 10 MiB of output arrives intact; a process
 //! that never reads its stdin does not hang the host; env, cwd and user are
-//! applied; the rootfs arrives read-only over virtio-fs with a writable
+//! applied; /dev holds Docker's standard nodes only and /sys is read-only;
+//! the rootfs arrives read-only over virtio-fs with a writable
 //! overlay and the host's directory never changes; `:ro` volumes refuse
 //! writes with EROFS and read-write volumes go both ways; symlinks and '..'
 //! never reach host files outside the shares; the main process's exit powers
@@ -89,6 +90,10 @@ fn sandbox_runs_processes_over_vsock() {
     std::fs::create_dir_all(&ro).unwrap();
     std::fs::create_dir_all(&rw).unwrap();
     std::fs::write(ro.join("hello.txt"), "from the host\n").unwrap();
+    husk_e2e::compile_static_c(
+        &husk_e2e::repo_root().join("tests/guest/escape.c"),
+        &ro.join("escape"),
+    );
     let secret = vols.join("secret.txt");
     std::fs::write(&secret, "HOST SECRET\n").unwrap();
     std::os::unix::fs::symlink(&secret, rw.join("escape")).unwrap();
@@ -184,6 +189,21 @@ fn sandbox_runs_processes_over_vsock() {
             "the shared rootfs changed"
         );
 
+        // /dev as Docker sets it up: only the standard nodes and links; /sys
+        // read-only; /dev/null works.
+        let (st, out, err) = sh(
+            &sb,
+            "ls /dev | tr '\\n' ' '; echo; echo x > /dev/null && echo null-ok; grep -c ' /sys sysfs ro,' /proc/mounts",
+        );
+        assert_eq!(
+            (st, out.as_str()),
+            (
+                ExitStatus::Code(0),
+                "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero \nnull-ok\n1\n"
+            ),
+            "stderr: {err}"
+        );
+
         // Volumes: read-only refuses with EROFS; read-write goes both ways.
         let (st, out, _) = sh(
             &sb,
@@ -218,6 +238,15 @@ fn sandbox_runs_processes_over_vsock() {
         assert!(
             !out.contains("HOST SECRET"),
             "a host file outside the shares was read: {out}"
+        );
+
+        // A root process cannot climb out of the container root into the
+        // agent's initramfs (the classic chroot escape).
+        let (st, out, err) = sh(&sb, "/ro/escape");
+        assert_eq!(
+            (st, out.as_str()),
+            (ExitStatus::Code(0), "contained\n"),
+            "stderr: {err}"
         );
 
         // stdin is piped through: cat echoes what it is given, then sees EOF.

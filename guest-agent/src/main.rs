@@ -36,65 +36,129 @@ fn log(msg: &str) {
     let _ = writeln!(std::io::stderr(), "husk-agent: {msg}");
 }
 
-/// Mounts the kernel filesystems under `root` ("" for the agent's own root).
-/// The container root gets a bind mount of the agent's /dev/pts rather than
-/// a new devpts instance: the agent opens the container's terminals, and the
-/// container must find them (ttyname) in its own /dev/pts.
-fn setup_mounts(root: &str) {
+/// Mounts the kernel filesystems the agent itself uses.
+fn agent_mounts() {
     let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let devpts = "newinstance,ptmxmode=0666,mode=0620,gid=5";
     let mounts: [(&str, &str, &str, libc::c_ulong, Option<&str>); 6] = [
-        ("proc", "proc", "proc", nosuid_nodev_noexec, None),
-        ("sysfs", "sys", "sysfs", nosuid_nodev_noexec, None),
+        ("proc", "/proc", "proc", nosuid_nodev_noexec, None),
+        ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None),
         (
             "devtmpfs",
-            "dev",
+            "/dev",
             "devtmpfs",
             libc::MS_NOSUID,
             Some("mode=0755"),
         ),
         (
             "devpts",
-            "dev/pts",
+            "/dev/pts",
             "devpts",
             libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            Some(devpts),
         ),
         (
             "shm",
-            "dev/shm",
+            "/dev/shm",
             "tmpfs",
             libc::MS_NOSUID | libc::MS_NODEV,
             Some("mode=1777"),
         ),
         (
             "tmpfs",
-            "tmp",
+            "/tmp",
             "tmpfs",
             libc::MS_NOSUID | libc::MS_NODEV,
             Some("mode=1777"),
         ),
     ];
-    for (src, dir, fs, flags, data) in mounts {
-        let target = format!("{root}/{dir}");
-        if !root.is_empty() && fs == "devpts" {
-            let _ = std::fs::create_dir_all(&target);
-            if let Err(e) = sys::mount("/dev/pts", &target, "", libc::MS_BIND, None) {
-                log(&format!("bind mount /dev/pts on {target}: {e}"));
-            }
-            continue;
+    mount_all(&mounts);
+    // /dev/ptmx must be the devpts instance's.
+    let _ = std::fs::remove_file("/dev/ptmx");
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+}
+
+/// Sets up the container root's /proc, /sys and /dev as Docker does: a
+/// read-only sysfs, and a tmpfs /dev with only the standard device nodes
+/// (null, zero, full, random, urandom, tty), the fd links, /dev/pts (the
+/// agent's instance, bound in: the agent opens the container's terminals
+/// and the container must find them), /dev/shm and /dev/mqueue.
+fn container_mounts(root: &str) {
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let (proc_, sys_, dev) = (
+        format!("{root}/proc"),
+        format!("{root}/sys"),
+        format!("{root}/dev"),
+    );
+    let mounts: [(&str, &str, &str, libc::c_ulong, Option<&str>); 3] = [
+        ("proc", &proc_, "proc", nosuid_nodev_noexec, None),
+        (
+            "sysfs",
+            &sys_,
+            "sysfs",
+            nosuid_nodev_noexec | libc::MS_RDONLY,
+            None,
+        ),
+        (
+            "tmpfs",
+            &dev,
+            "tmpfs",
+            libc::MS_NOSUID,
+            Some("mode=0755,size=65536k"),
+        ),
+    ];
+    mount_all(&mounts);
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = format!("{dev}/{name}");
+        if let Err(e) = sys::mknod_char(&path, 0o666, major, minor) {
+            log(&format!("mknod {path}: {e}"));
         }
-        let _ = std::fs::create_dir_all(&target);
-        if let Err(e) = sys::mount(src, &target, fs, flags, data) {
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, format!("{dev}/{name}"));
+    }
+    let pts = format!("{dev}/pts");
+    let _ = std::fs::create_dir_all(&pts);
+    if let Err(e) = sys::mount("/dev/pts", &pts, "", libc::MS_BIND, None) {
+        log(&format!("bind mount /dev/pts on {pts}: {e}"));
+    }
+    let (shm, mqueue) = (format!("{dev}/shm"), format!("{dev}/mqueue"));
+    let more: [(&str, &str, &str, libc::c_ulong, Option<&str>); 2] = [
+        (
+            "shm",
+            &shm,
+            "tmpfs",
+            nosuid_nodev_noexec,
+            Some("mode=1777,size=65536k"),
+        ),
+        ("mqueue", &mqueue, "mqueue", nosuid_nodev_noexec, None),
+    ];
+    mount_all(&more);
+}
+
+fn mount_all(mounts: &[(&str, &str, &str, libc::c_ulong, Option<&str>)]) {
+    for &(src, target, fs, flags, data) in mounts {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = sys::mount(src, target, fs, flags, data) {
             // Already mounted (devtmpfs automount) is fine.
             if e.raw_os_error() != Some(libc::EBUSY) {
                 log(&format!("mount {fs} on {target}: {e}"));
             }
         }
     }
-    // /dev/ptmx must be the devpts instance's.
-    let ptmx = format!("{root}/dev/ptmx");
-    let _ = std::fs::remove_file(&ptmx);
-    let _ = std::os::unix::fs::symlink("pts/ptmx", &ptmx);
 }
 
 type Writer = Arc<Mutex<FrameWriter<File>>>;
@@ -371,7 +435,7 @@ fn main() {
         log("must run as PID 1 in a husk guest");
         std::process::exit(2);
     }
-    setup_mounts("");
+    agent_mounts();
     let args = parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     if args.rootfs_virtiofs
         && let Err(e) = mount_virtiofs_root()
@@ -385,7 +449,20 @@ fn main() {
         mount_volumes(&args.volumes);
     }
     let root = std::path::Path::new(CONTAINER_ROOT).is_dir().then(|| {
-        setup_mounts(CONTAINER_ROOT);
+        // The root must be a mount of its own to be moved onto "/" (see
+        // process.rs); the overlay is one, a packed directory is not.
+        if !args.rootfs_virtiofs
+            && let Err(e) = sys::mount(
+                CONTAINER_ROOT,
+                CONTAINER_ROOT,
+                "",
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )
+        {
+            log(&format!("bind mount {CONTAINER_ROOT} on itself: {e}"));
+        }
+        container_mounts(CONTAINER_ROOT);
         CONTAINER_ROOT.to_owned()
     });
     let shared = Arc::new(Shared {

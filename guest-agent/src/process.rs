@@ -87,8 +87,37 @@ pub fn start(spec: &RunSpec, root: Option<&str>) -> io::Result<(i32, Started)> {
             check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })?;
         }
         if let Some(root) = &root {
+            // Enter the container root as switch_root does (pivot_root
+            // cannot leave the initramfs): in a mount namespace of its own,
+            // move the root's mount onto "/" and chroot there. The agent's
+            // initramfs is then under the container's "/" mount, where no
+            // chroot escape can reach it.
+            // SAFETY: plain unshare(2).
+            check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+            // SAFETY: constant NUL-terminated strings; null fs type and data are allowed.
+            check(unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                )
+            })?;
             // SAFETY: root is a valid NUL-terminated path.
-            check(unsafe { libc::chroot(root.as_ptr()) })?;
+            check(unsafe { libc::chdir(root.as_ptr()) })?;
+            // SAFETY: constant NUL-terminated strings; null fs type and data are allowed.
+            check(unsafe {
+                libc::mount(
+                    c".".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_MOVE,
+                    std::ptr::null(),
+                )
+            })?;
+            // SAFETY: constant NUL-terminated path.
+            check(unsafe { libc::chroot(c".".as_ptr()) })?;
         }
         // SAFETY: cwd is a valid NUL-terminated path.
         check(unsafe { libc::chdir(cwd.as_ptr()) })?;

@@ -37,6 +37,14 @@ pub fn mount(
         .map(drop)
 }
 
+/// mknod(2) of a character device.
+pub fn mknod_char(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> io::Result<()> {
+    let p = cstr(path)?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: p is a valid NUL-terminated path.
+    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | mode, dev) }).map(drop)
+}
+
 /// A listening AF_VSOCK stream socket on `port`, any CID.
 pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked.
