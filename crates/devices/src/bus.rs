@@ -2,7 +2,7 @@
 //! guest-physical address ranges to devices.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A device on the port-I/O bus. `offset` is relative to the device's base
 /// port. Reads fill all of `data`; a device that does not decode an offset
@@ -51,24 +51,88 @@ pub enum BusError {
     },
 }
 
+/// Devices by address range, the logic both buses share. Addresses are
+/// widened to `u64`; `last` is the highest address the bus has.
+struct Ranges<D: ?Sized> {
+    // Keyed by base address; value is (length, device).
+    map: BTreeMap<u64, (u64, Arc<Mutex<D>>)>,
+}
+
+impl<D: ?Sized> Default for Ranges<D> {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl<D: ?Sized> Clone for Ranges<D> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+        }
+    }
+}
+
+/// Why a range was refused.
+enum RangeError {
+    Invalid,
+    Overlap,
+}
+
+impl<D: ?Sized> Ranges<D> {
+    fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        last: u64,
+        device: Arc<Mutex<D>>,
+    ) -> Result<(), RangeError> {
+        let end = len
+            .checked_sub(1)
+            .and_then(|l| base.checked_add(l))
+            .filter(|&e| e <= last)
+            .ok_or(RangeError::Invalid)?;
+        // The closest device starting at or below the new range's last address.
+        if let Some((&b, &(l, _))) = self.map.range(..=end).next_back()
+            && b + (l - 1) >= base
+        {
+            return Err(RangeError::Overlap);
+        }
+        self.map.insert(base, (len, device));
+        Ok(())
+    }
+
+    /// The device at `addr` (locked) and the offset into it.
+    fn find(&self, addr: u64) -> Option<(u64, MutexGuard<'_, D>)> {
+        let (&base, (len, dev)) = self.map.range(..=addr).next_back()?;
+        // A device that panicked mid-access poisoned its lock; its state is
+        // still memory-safe, and a stuck console is worse than a glitch.
+        (addr - base < *len).then(|| (addr - base, dev.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    fn describe(&self) -> Vec<String> {
+        self.map
+            .iter()
+            .map(|(b, (l, _))| format!("{b:#x}+{l:#x}"))
+            .collect()
+    }
+}
+
 type Shared = Arc<Mutex<dyn PioDevice>>;
 
 /// Port-I/O devices by range. Lookups are `O(log n)`; the bus is shared by
 /// all vCPU threads, each device behind its own lock.
 #[derive(Default, Clone)]
 pub struct PioBus {
-    // Keyed by base port; value is (length, device).
-    devices: BTreeMap<u16, (u16, Shared)>,
+    devices: Ranges<dyn PioDevice>,
 }
 
 impl std::fmt::Debug for PioBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ranges: Vec<_> = self
-            .devices
-            .iter()
-            .map(|(b, (l, _))| format!("{b:#x}+{l:#x}"))
-            .collect();
-        f.debug_struct("PioBus").field("ranges", &ranges).finish()
+        f.debug_struct("PioBus")
+            .field("ranges", &self.devices.describe())
+            .finish()
     }
 }
 
@@ -80,33 +144,21 @@ impl PioBus {
 
     /// Puts `device` at ports `base..base+len`.
     pub fn insert(&mut self, base: u16, len: u16, device: Shared) -> Result<(), BusError> {
-        if len == 0 || base.checked_add(len - 1).is_none() {
-            return Err(BusError::InvalidRange { base, len });
-        }
-        let end = u32::from(base) + u32::from(len); // exclusive
-        // The closest device starting at or below the new range's last port.
-        if let Some((&b, &(l, _))) = self.devices.range(..=base + (len - 1)).next_back()
-            && u32::from(b) + u32::from(l) > u32::from(base)
-            && u32::from(b) < end
-        {
-            return Err(BusError::Overlap { base, len });
-        }
-        self.devices.insert(base, (len, device));
-        Ok(())
-    }
-
-    fn find(&self, port: u16) -> Option<(u16, &Shared)> {
-        let (&base, (len, dev)) = self.devices.range(..=port).next_back()?;
-        (u32::from(port) < u32::from(base) + u32::from(*len)).then_some((port - base, dev))
+        self.devices
+            .insert(u64::from(base), u64::from(len), u64::from(u16::MAX), device)
+            .map_err(|e| match e {
+                RangeError::Invalid => BusError::InvalidRange { base, len },
+                RangeError::Overlap => BusError::Overlap { base, len },
+            })
     }
 
     /// Dispatches a guest read. Returns false if no device decodes `port`
     /// (`data` is then all ones).
     pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
         data.fill(0xff);
-        match self.find(port) {
-            Some((offset, dev)) => {
-                lock(dev).read(offset, data);
+        match self.devices.find(u64::from(port)) {
+            Some((offset, mut dev)) => {
+                dev.read(offset as u16, data);
                 true
             }
             None => false,
@@ -115,9 +167,9 @@ impl PioBus {
 
     /// Dispatches a guest write. Returns false if no device decodes `port`.
     pub fn write(&self, port: u16, data: &[u8]) -> bool {
-        match self.find(port) {
-            Some((offset, dev)) => {
-                lock(dev).write(offset, data);
+        match self.devices.find(u64::from(port)) {
+            Some((offset, mut dev)) => {
+                dev.write(offset as u16, data);
                 true
             }
             None => false,
@@ -125,15 +177,9 @@ impl PioBus {
     }
 }
 
-fn lock(dev: &Shared) -> std::sync::MutexGuard<'_, dyn PioDevice + 'static> {
-    // A device that panicked mid-access poisoned its lock; its state is
-    // still memory-safe, and a stuck console is worse than a glitch.
-    dev.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A device on the MMIO bus. `offset` is relative to the device's base
-/// address. Reads fill all of `data`; the bus passes it filled with all
-/// ones, which a device leaves for offsets it does not decode.
+/// address. Reads fill all of `data`; offsets a device does not decode leave
+/// `data` as the bus passed it (all ones).
 pub trait MmioDevice: Send {
     /// The guest reads `data.len()` bytes at `offset`.
     fn read(&mut self, offset: u64, data: &mut [u8]);
@@ -143,23 +189,18 @@ pub trait MmioDevice: Send {
 
 type SharedMmio = Arc<Mutex<dyn MmioDevice>>;
 
-/// MMIO devices by guest-physical range, for the vCPU threads' MMIO exits
-/// (`KVM_EXIT_MMIO`). Like [`PioBus`]: `O(log n)` lookups, cheap to clone,
-/// each device behind its own lock.
+/// MMIO devices by guest-physical range, shared by all vCPU threads like
+/// [`PioBus`].
 #[derive(Default, Clone)]
 pub struct MmioBus {
-    // Keyed by base address; value is (length, device).
-    devices: BTreeMap<u64, (u64, SharedMmio)>,
+    devices: Ranges<dyn MmioDevice>,
 }
 
 impl std::fmt::Debug for MmioBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ranges: Vec<_> = self
-            .devices
-            .iter()
-            .map(|(b, (l, _))| format!("{b:#x}+{l:#x}"))
-            .collect();
-        f.debug_struct("MmioBus").field("ranges", &ranges).finish()
+        f.debug_struct("MmioBus")
+            .field("ranges", &self.devices.describe())
+            .finish()
     }
 }
 
@@ -169,33 +210,23 @@ impl MmioBus {
         Self::default()
     }
 
-    /// Puts `device` at `base..base+len`.
+    /// Puts `device` at guest-physical addresses `base..base+len`.
     pub fn insert(&mut self, base: u64, len: u64, device: SharedMmio) -> Result<(), BusError> {
-        let Some(last) = len.checked_sub(1).and_then(|l| base.checked_add(l)) else {
-            return Err(BusError::InvalidMmioRange { base, len });
-        };
-        // The closest device starting at or below the new range's last byte.
-        if let Some((&b, &(l, _))) = self.devices.range(..=last).next_back()
-            && b + (l - 1) >= base
-        {
-            return Err(BusError::MmioOverlap { base, len });
-        }
-        self.devices.insert(base, (len, device));
-        Ok(())
-    }
-
-    fn find(&self, addr: u64) -> Option<(u64, &SharedMmio)> {
-        let (&base, (len, dev)) = self.devices.range(..=addr).next_back()?;
-        (addr - base < *len).then_some((addr - base, dev))
+        self.devices
+            .insert(base, len, u64::MAX, device)
+            .map_err(|e| match e {
+                RangeError::Invalid => BusError::InvalidMmioRange { base, len },
+                RangeError::Overlap => BusError::MmioOverlap { base, len },
+            })
     }
 
     /// Dispatches a guest read. Returns false if no device decodes `addr`
     /// (`data` is then all ones).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         data.fill(0xff);
-        match self.find(addr) {
-            Some((offset, dev)) => {
-                lock_mmio(dev).read(offset, data);
+        match self.devices.find(addr) {
+            Some((offset, mut dev)) => {
+                dev.read(offset, data);
                 true
             }
             None => false,
@@ -204,19 +235,14 @@ impl MmioBus {
 
     /// Dispatches a guest write. Returns false if no device decodes `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr) {
-            Some((offset, dev)) => {
-                lock_mmio(dev).write(offset, data);
+        match self.devices.find(addr) {
+            Some((offset, mut dev)) => {
+                dev.write(offset, data);
                 true
             }
             None => false,
         }
     }
-}
-
-fn lock_mmio(dev: &SharedMmio) -> std::sync::MutexGuard<'_, dyn MmioDevice + 'static> {
-    // As for port I/O: a poisoned device is still memory-safe.
-    dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
