@@ -134,6 +134,20 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// Copies the device configuration space `cfg` at `offset` into `data` for
+/// a driver's read; bytes past the end of `cfg` are left as they are (the
+/// transport zero-fills them).
+pub fn copy_config(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        if let Some(v) = offset
+            .checked_add(i as u64)
+            .and_then(|o| cfg.get(usize::try_from(o).ok()?))
+        {
+            *b = *v;
+        }
+    }
+}
+
 /// The kernel command-line argument that announces a virtio-mmio device at
 /// `base` with interrupt `irq` (the `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`
 /// syntax): `virtio_mmio.device=4K@0xd0000000:5`.

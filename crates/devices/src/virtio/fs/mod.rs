@@ -81,7 +81,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{ActivateError, Activation, VirtioDevice, device_type, features};
+use super::{ActivateError, Activation, VirtioDevice, copy_config, device_type, features};
 use share::ShareFs;
 use worker::{FsServer, Worker};
 
@@ -293,14 +293,7 @@ impl VirtioDevice for Fs {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let cfg = self.config_space();
-        for (i, b) in data.iter_mut().enumerate() {
-            if let Some(v) = offset
-                .checked_add(i as u64)
-                .and_then(|o| cfg.get(usize::try_from(o).ok()?))
-            {
-                *b = *v;
-            }
-        }
+        copy_config(&cfg, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

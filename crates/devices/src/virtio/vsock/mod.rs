@@ -34,7 +34,7 @@ use std::time::Duration;
 use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{ActivateError, Activation, VirtioDevice, device_type, features};
+use super::{ActivateError, Activation, VirtioDevice, copy_config, device_type, features};
 use conn::Limits;
 use muxer::{Muxer, Settings};
 use worker::Worker;
@@ -232,14 +232,7 @@ impl VirtioDevice for Vsock {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
         let cfg = self.config.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            if let Some(v) = offset
-                .checked_add(i as u64)
-                .and_then(|o| cfg.get(usize::try_from(o).ok()?))
-            {
-                *b = *v;
-            }
-        }
+        copy_config(&cfg, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
