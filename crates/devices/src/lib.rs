@@ -17,6 +17,6 @@ pub mod virtio;
 
 pub use bus::{BusError, MmioBus, MmioDevice, PioBus, PioDevice};
 pub use exit::{ExitNotifier, GuestExit};
-pub use virtio::fs::{Fs, FsConfig, FsError};
+pub use virtio::fs::{Fs, FsConfig, FsError, JailError};
 pub use virtio::vsock::{Vsock, VsockConfig, VsockError};
 pub use virtio::{Interrupt, MMIO_WINDOW_SIZE, MmioTransport, VirtioDevice, mmio_cmdline_arg};

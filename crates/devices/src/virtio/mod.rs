@@ -110,6 +110,13 @@ pub enum ActivateError {
     /// Starting the device's worker thread failed.
     #[error("cannot start the device's worker thread")]
     Thread(#[source] std::io::Error),
+    /// The device's worker thread could not drop its privileges, so it
+    /// serves nothing.
+    #[error("cannot jail the device's worker thread")]
+    Jail(#[source] fs::JailError),
+    /// The device's worker thread ended before it reported it was ready.
+    #[error("the device's worker thread died while starting")]
+    ThreadDied,
 }
 
 /// A virtio device, as the transport sees it.

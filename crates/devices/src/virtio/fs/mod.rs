@@ -39,16 +39,28 @@
 //!   with `EXDEV`; a forged node id is just an unknown inode: `EBADF`).
 //!
 //! Limits, as with Dragonball (and unlike virtiofsd, which also pivots into
-//! a mount namespace rooted at the share and applies seccomp): the server
-//! runs in the VMM process with its privileges, and a *host* process that
-//! moves a directory out of the share while the guest holds it lets the
-//! guest follow it there. Requests run with the guest's uid/gid as the
-//! thread's effective ids when husk is root (guest root is host root inside
-//! the share), so read-write shares can get setuid files; the wrapper
-//! ([`share`]) at least refuses device nodes and `security.*` xattrs. When
-//! husk is not root, every request runs as husk's own user (the guest's
-//! ids are not switched to, which would fail), so the guest can do no more
-//! on the host than husk's user can.
+//! a mount namespace rooted at the share): the server runs in the VMM
+//! process, and a *host* process that moves a directory out of the share
+//! while the guest holds it lets the guest follow it there. Requests run
+//! with the guest's uid/gid as the thread's effective ids when husk is root
+//! (guest root is host root inside the share), so read-write shares can
+//! get setuid files; the wrapper ([`share`]) at least refuses device nodes
+//! and `security.*` xattrs. When husk is not root, every request runs as
+//! husk's own user (the guest's ids are not switched to, which would fail),
+//! so the guest can do no more on the host than husk's user can.
+//!
+//! The server thread runs with the least privilege that works
+//! ([`jail`]): before it serves the first request it gets its own umask,
+//! keeps only the capabilities the passthrough needs as root (`CAP_CHOWN`,
+//! `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH` for LINK, `CAP_FOWNER`,
+//! `CAP_FSETID`, `CAP_SETUID`, `CAP_SETGID`; none when husk is not root;
+//! the bounding set reduced to match), sets `no_new_privs` and installs a
+//! seccomp allowlist of the syscalls it makes (others fail with `EPERM`:
+//! no sockets, `execve`, `clone`, `mount`, `open_by_handle_at`, ...). All
+//! of it applies to that thread only. If the jail cannot be applied,
+//! activation fails ([`ActivateError::Jail`]) and nothing is served. The
+//! thread still opens host paths as root, so containment to the share
+//! remains the passthrough's, as above.
 //!
 //! # Read-only shares
 //!
@@ -66,6 +78,7 @@
 //! when there is no room even for that, its chain back with nothing
 //! written; a panic in the server is caught and costs only that request.
 
+mod jail;
 mod share;
 mod worker;
 
@@ -82,6 +95,8 @@ use fuse_backend_rs::passthrough::PassthroughFs;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{ActivateError, Activation, VirtioDevice, copy_config, device_type, features};
+use jail::Jail;
+pub use jail::JailError;
 use share::ShareFs;
 use worker::{FsServer, Worker};
 
@@ -123,6 +138,9 @@ pub enum FsError {
     /// The host directory is not a directory.
     #[error("cannot share {0}: not a directory")]
     NotADirectory(PathBuf),
+    /// The worker threads' jail could not be prepared.
+    #[error("cannot prepare the virtio-fs worker's jail")]
+    Jail(#[source] JailError),
     /// The passthrough filesystem could not be set up.
     #[error("cannot set up the passthrough filesystem for {path}")]
     Passthrough {
@@ -142,6 +160,7 @@ pub struct Fs {
     root: PathBuf,
     fs: Arc<ShareFs>,
     server: Arc<FsServer>,
+    jail: Arc<Jail>,
     worker: Option<(JoinHandle<()>, EventFd)>,
 }
 
@@ -189,6 +208,7 @@ impl Fs {
             })?;
         // SAFETY: geteuid(2) has no preconditions and touches no memory.
         let host_root = unsafe { libc::geteuid() } == 0;
+        let jail = Arc::new(Jail::new(host_root).map_err(FsError::Jail)?);
         let fs = Arc::new(ShareFs::new(passthrough, config.read_only, host_root));
         let server = Arc::new(Server::new(fs.clone()));
         Ok(Self {
@@ -196,6 +216,7 @@ impl Fs {
             root,
             fs,
             server,
+            jail,
             worker: None,
         })
     }
@@ -271,10 +292,31 @@ impl Fs {
             if handle.join().is_err() {
                 log::error!("virtio-fs {}: the worker thread panicked", self.config.tag);
             }
-            // Drop every inode and open file the guest held: a new driver
-            // starts from INIT.
-            self.fs.destroy();
         }
+    }
+}
+
+/// `e` and its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Drops every inode and open file the guest held when the worker thread
+/// ends (a new driver starts from INIT). In the worker thread, not the
+/// VMM's: the passthrough's DESTROY re-imports its root, which sets the
+/// umask to 0, and only the worker has a umask of its own.
+struct DestroyOnExit(Arc<ShareFs>);
+
+impl Drop for DestroyOnExit {
+    fn drop(&mut self) {
+        self.0.destroy();
     }
 }
 
@@ -310,12 +352,43 @@ impl VirtioDevice for Fs {
         let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::EventFd)?;
         let kill2 = kill.try_clone().map_err(ActivateError::EventFd)?;
         let worker = self.build_worker(a, kill2)?;
+        let jail = self.jail.clone();
+        let fs = self.fs.clone();
+        // The thread jails itself before it serves anything and says how
+        // that went; unjailed, it serves nothing (fail closed).
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
             .name(format!("virtio-fs-{}", self.config.tag))
-            .spawn(move || worker.run())
+            .spawn(move || {
+                let jailed = jail.enter();
+                let ok = jailed.is_ok();
+                let _ = ready_tx.send(jailed);
+                if ok {
+                    let _destroy = DestroyOnExit(fs);
+                    worker.run();
+                }
+            })
             .map_err(ActivateError::Thread)?;
-        self.worker = Some((handle, kill));
-        Ok(())
+        let ready = ready_rx.recv();
+        match ready {
+            Ok(Ok(())) => {
+                self.worker = Some((handle, kill));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                log::error!(
+                    "virtio-fs {}: cannot jail the worker thread, the device does not start: {}",
+                    self.config.tag,
+                    error_chain(&e)
+                );
+                Err(ActivateError::Jail(e))
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(ActivateError::ThreadDied)
+            }
+        }
     }
 
     fn reset(&mut self) {

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, Dirent, EntryOut, GetattrIn, InHeader, InitIn, InitOut, MkdirIn, MknodIn,
-    Opcode, OpenIn, OpenOut, OutHeader, ReadIn, SetattrIn, WriteIn,
+    AttrOut, CreateIn, Dirent, EntryOut, FallocateIn, FsyncIn, GetattrIn, GetxattrIn, InHeader,
+    InitIn, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In,
+    SetattrIn, SetxattrIn, WriteIn,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
@@ -43,6 +44,8 @@ struct Driver {
     used_seen: [u16; 2],
     next_buf: u64,
     unique: u64,
+    /// The guest caller's uid and gid in the requests' headers.
+    cred: (u32, u32),
 }
 
 fn mem() -> GuestMemoryMmap {
@@ -67,12 +70,16 @@ impl Driver {
     }
 
     fn without_init(dir: &Path, read_only: bool) -> Self {
-        let dev = Fs::new(FsConfig {
+        Self::started(FsConfig {
             tag: "share".into(),
             host_dir: dir.to_path_buf(),
             read_only,
         })
-        .unwrap();
+    }
+
+    /// A started device (before INIT).
+    fn started(config: FsConfig) -> Self {
+        let dev = Fs::new(config).unwrap();
         let mut d = Self {
             mem: mem(),
             dev,
@@ -82,6 +89,7 @@ impl Driver {
             used_seen: [0; 2],
             next_buf: BUF_BASE,
             unique: 0,
+            cred: (0, 0),
         };
         d.activate();
         d
@@ -218,6 +226,8 @@ impl Driver {
             opcode: opcode as u32,
             unique: self.unique,
             nodeid,
+            uid: self.cred.0,
+            gid: self.cred.1,
             ..Default::default()
         };
         let mut req = h.as_slice().to_vec();
@@ -871,6 +881,7 @@ fn malformed_requests_get_errors_not_panics() {
 
 #[test]
 fn reset_stops_the_worker_and_the_next_driver_starts_over() {
+    let umask_before = umask();
     let d = share();
     let mut drv = Driver::new(d.path(), true);
     let file = drv.lookup(ROOT, "hello.txt").unwrap().nodeid;
@@ -892,6 +903,21 @@ fn reset_stops_the_worker_and_the_next_driver_starts_over() {
     let file = drv.lookup(ROOT, "hello.txt").unwrap().nodeid;
     let fh = drv.open(file, libc::O_RDONLY).unwrap();
     assert_eq!(drv.read(file, fh, 0, 5).unwrap(), b"hello");
+    // INIT and DESTROY set the umask to 0 in the worker thread only (the
+    // process's stays).
+    drop(drv);
+    assert_eq!(umask(), umask_before);
+}
+
+/// The calling thread's umask, without changing it.
+fn umask() -> String {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
@@ -1048,4 +1074,454 @@ fn without_root_requests_run_as_husks_own_user() {
         .id_remap(&mut ctx)
         .unwrap();
     assert_eq!((ctx.uid, ctx.gid), (1000, 1000));
+}
+
+// ---- The worker's jail, seen from the guest ----
+
+impl Driver {
+    fn create(&mut self, parent: u64, name: &str, mode: u32) -> Result<(EntryOut, u64), i32> {
+        let create = CreateIn {
+            flags: (libc::O_CREAT | libc::O_RDWR) as u32,
+            mode: mode | libc::S_IFREG,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let body = Driver::with_name(create.as_slice(), name);
+        let (out, reply) = self.call(Opcode::Create, parent, &body);
+        if out.error != 0 {
+            return Err(-out.error);
+        }
+        let e = EntryOut::from_slice(&reply[..std::mem::size_of::<EntryOut>()])
+            .copied()
+            .unwrap();
+        let fh = OpenOut::from_slice(&reply[std::mem::size_of::<EntryOut>()..][..16])
+            .unwrap()
+            .fh;
+        Ok((e, fh))
+    }
+
+    fn write(&mut self, node: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, i32> {
+        let w = WriteIn {
+            fh,
+            offset,
+            size: data.len() as u32,
+            ..Default::default()
+        };
+        let mut body = w.as_slice().to_vec();
+        body.extend_from_slice(data);
+        let (out, reply) = self.call(Opcode::Write, node, &body);
+        if out.error != 0 {
+            return Err(-out.error);
+        }
+        Ok(u32::from_le_bytes(reply[..4].try_into().unwrap()))
+    }
+
+    /// An entry-returning request (MKNOD, MKDIR, SYMLINK, LINK).
+    fn entry(&mut self, opcode: Opcode, node: u64, body: &[u8]) -> Result<EntryOut, i32> {
+        let (out, reply) = self.call(opcode, node, body);
+        if out.error != 0 {
+            return Err(-out.error);
+        }
+        Ok(
+            EntryOut::from_slice(&reply[..std::mem::size_of::<EntryOut>()])
+                .copied()
+                .unwrap(),
+        )
+    }
+
+    fn mknod(&mut self, parent: u64, name: &str, mode: u32, rdev: u32) -> Result<EntryOut, i32> {
+        let m = MknodIn {
+            mode,
+            rdev,
+            ..Default::default()
+        };
+        self.entry(
+            Opcode::Mknod,
+            parent,
+            &Driver::with_name(m.as_slice(), name),
+        )
+    }
+
+    fn mkdir(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
+        let m = MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        };
+        self.entry(
+            Opcode::Mkdir,
+            parent,
+            &Driver::with_name(m.as_slice(), name),
+        )
+    }
+
+    fn symlink(&mut self, parent: u64, name: &str, target: &str) -> Result<EntryOut, i32> {
+        let mut body = CString::new(name).unwrap().into_bytes_with_nul();
+        body.extend_from_slice(CString::new(target).unwrap().as_bytes_with_nul());
+        self.entry(Opcode::Symlink, parent, &body)
+    }
+
+    fn link(&mut self, node: u64, parent: u64, name: &str) -> Result<EntryOut, i32> {
+        let body = Driver::with_name(&node.to_le_bytes(), name);
+        self.entry(Opcode::Link, parent, &body)
+    }
+
+    /// RENAME2: old directory and name, new directory and name, flags.
+    fn rename2(&mut self, olddir: u64, old: &str, newdir: u64, new: &str, flags: u32) -> i32 {
+        let r = Rename2In {
+            newdir,
+            flags,
+            padding: 0,
+        };
+        let mut body = Driver::with_name(r.as_slice(), old);
+        body.extend_from_slice(CString::new(new).unwrap().as_bytes_with_nul());
+        self.error_of(Opcode::Rename2, olddir, &body)
+    }
+
+    fn unlink(&mut self, parent: u64, name: &str) -> i32 {
+        let n = CString::new(name).unwrap();
+        self.error_of(Opcode::Unlink, parent, n.as_bytes_with_nul())
+    }
+
+    fn rmdir(&mut self, parent: u64, name: &str) -> i32 {
+        let n = CString::new(name).unwrap();
+        self.error_of(Opcode::Rmdir, parent, n.as_bytes_with_nul())
+    }
+
+    fn setxattr(&mut self, node: u64, name: &str, value: &[u8]) -> i32 {
+        let s = SetxattrIn {
+            size: value.len() as u32,
+            flags: 0,
+        };
+        let mut body = Driver::with_name(s.as_slice(), name);
+        body.extend_from_slice(value);
+        self.error_of(Opcode::Setxattr, node, &body)
+    }
+
+    /// GETXATTR with room for `size` bytes (0: the value's size).
+    fn getxattr(&mut self, node: u64, name: &str, size: u32) -> Result<Vec<u8>, i32> {
+        let g = GetxattrIn { size, padding: 0 };
+        let (out, reply) = self.call(
+            Opcode::Getxattr,
+            node,
+            &Driver::with_name(g.as_slice(), name),
+        );
+        if out.error != 0 {
+            return Err(-out.error);
+        }
+        Ok(reply)
+    }
+
+    fn listxattr(&mut self, node: u64) -> Result<Vec<u8>, i32> {
+        let g = GetxattrIn {
+            size: 4096,
+            padding: 0,
+        };
+        let (out, reply) = self.call(Opcode::Listxattr, node, g.as_slice());
+        if out.error != 0 {
+            return Err(-out.error);
+        }
+        Ok(reply)
+    }
+
+    fn removexattr(&mut self, node: u64, name: &str) -> i32 {
+        let n = CString::new(name).unwrap();
+        self.error_of(Opcode::Removexattr, node, n.as_bytes_with_nul())
+    }
+
+    /// The names OPENDIR then READDIR (or READDIRPLUS) of `node` lists,
+    /// sorted, reading until an empty reply.
+    fn list(&mut self, node: u64, plus: bool) -> Vec<String> {
+        let (out, body) = self.call(
+            Opcode::Opendir,
+            node,
+            OpenIn {
+                flags: libc::O_RDONLY as u32,
+                fuse_flags: 0,
+            }
+            .as_slice(),
+        );
+        assert_eq!(out.error, 0);
+        let fh = OpenOut::from_slice(&body[..16]).unwrap().fh;
+        let mut names = Vec::new();
+        let mut offset = 0;
+        loop {
+            let r = ReadIn {
+                fh,
+                offset,
+                size: 4096,
+                ..Default::default()
+            };
+            let op = if plus {
+                Opcode::Readdirplus
+            } else {
+                Opcode::Readdir
+            };
+            let (out, body) = self.call(op, node, r.as_slice());
+            assert_eq!(out.error, 0);
+            let entries = if plus {
+                direntplus(&body)
+            } else {
+                dirents(&body)
+            };
+            let Some(&(_, last)) = entries.last() else {
+                break;
+            };
+            offset = last;
+            names.extend(entries.into_iter().map(|(n, _)| n));
+        }
+        let release = fuse_backend_rs::abi::fuse_abi::ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        assert_eq!(
+            self.error_of(Opcode::Releasedir, node, release.as_slice()),
+            0
+        );
+        names.sort();
+        names
+    }
+}
+
+/// Names and next offsets in a READDIR reply.
+fn dirents(mut b: &[u8]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let hl = std::mem::size_of::<Dirent>();
+    while b.len() >= hl {
+        let de = Dirent::from_slice(&b[..hl]).copied().unwrap();
+        let n = de.namelen as usize;
+        out.push((String::from_utf8_lossy(&b[hl..hl + n]).into_owned(), de.off));
+        let rec = (hl + n + 7) & !7;
+        b = &b[rec.min(b.len())..];
+    }
+    out
+}
+
+/// Names and next offsets in a READDIRPLUS reply (each entry an
+/// `EntryOut` then a `Dirent`).
+fn direntplus(mut b: &[u8]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let el = std::mem::size_of::<EntryOut>();
+    let hl = std::mem::size_of::<Dirent>();
+    while b.len() >= el + hl {
+        let de = Dirent::from_slice(&b[el..el + hl]).copied().unwrap();
+        let n = de.namelen as usize;
+        out.push((
+            String::from_utf8_lossy(&b[el + hl..el + hl + n]).into_owned(),
+            de.off,
+        ));
+        let rec = (el + hl + n + 7) & !7;
+        b = &b[rec.min(b.len())..];
+    }
+    out
+}
+
+/// A host file's extended attribute `name`, if it has one.
+fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: valid NUL-terminated strings; the kernel writes at most
+    // `buf.len()` bytes into `buf`.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
+}
+
+#[test]
+fn overlay_style_operations_work_in_the_jailed_worker() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let d = share();
+    let p = d.path();
+    // Guest users may create in the root (as in a container's upper dir).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut drv = Driver::new(p, false);
+
+    // overlayfs's whiteout: a 0:0 character device (no CAP_MKNOD needed).
+    let wh = drv.mknod(ROOT, "wh", libc::S_IFCHR | 0o600, 0).unwrap();
+    assert_eq!(wh.attr.mode & libc::S_IFMT, libc::S_IFCHR);
+    let m = std::fs::symlink_metadata(p.join("wh")).unwrap();
+    assert!(m.file_type().is_char_device());
+    assert_eq!(m.rdev(), 0);
+
+    // A guest user's creations belong to it on the host (the worker
+    // switches its effective ids: setresuid/setresgid, CAP_SETUID/GID).
+    drv.cred = (1000, 1000);
+    let work = drv.mkdir(ROOT, "work").unwrap();
+    let (f, fh) = drv.create(work.nodeid, "f", 0o644).unwrap();
+    assert_eq!(drv.write(f.nodeid, fh, 0, b"data").unwrap(), 4);
+    drv.symlink(ROOT, "ln", "hello.txt").unwrap();
+    let fifo = drv.mknod(ROOT, "fifo", libc::S_IFIFO | 0o644, 0).unwrap();
+    drv.cred = (0, 0);
+    for name in ["work", "work/f", "ln", "fifo"] {
+        let m = std::fs::symlink_metadata(p.join(name)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{name}");
+    }
+    assert_eq!(std::fs::read(p.join("work/f")).unwrap(), b"data");
+    assert_eq!(
+        std::fs::read_link(p.join("ln")).unwrap(),
+        Path::new("hello.txt")
+    );
+    assert_eq!(fifo.attr.mode & libc::S_IFMT, libc::S_IFIFO);
+
+    // A hard link of a file looked up before those credential switches
+    // (the reason the worker keeps CAP_DAC_READ_SEARCH).
+    let hello = drv.lookup(ROOT, "hello.txt").unwrap();
+    drv.cred = (1000, 1000);
+    drv.mkdir(ROOT, "churn").unwrap();
+    drv.cred = (0, 0);
+    let hard = drv.link(hello.nodeid, ROOT, "hard").unwrap();
+    assert_eq!(hard.attr.ino, hello.attr.ino);
+    assert_eq!(std::fs::metadata(p.join("hello.txt")).unwrap().nlink(), 2);
+
+    // RENAME2 with RENAME_WHITEOUT (overlayfs's copy-up and removal): the
+    // old name becomes a whiteout.
+    assert_eq!(
+        drv.rename2(ROOT, "hard", work.nodeid, "moved", libc::RENAME_WHITEOUT),
+        0
+    );
+    assert_eq!(
+        std::fs::read(p.join("work/moved")).unwrap(),
+        b"hello from the host\n"
+    );
+    let m = std::fs::symlink_metadata(p.join("hard")).unwrap();
+    assert!(m.file_type().is_char_device());
+    assert_eq!(m.rdev(), 0);
+    // RENAME_NOREPLACE and RENAME_EXCHANGE too.
+    assert_eq!(
+        drv.rename2(ROOT, "ln", ROOT, "hello.txt", libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    assert_eq!(
+        drv.rename2(ROOT, "ln", ROOT, "hard", libc::RENAME_EXCHANGE),
+        0
+    );
+    assert!(
+        std::fs::symlink_metadata(p.join("hard"))
+            .unwrap()
+            .is_symlink()
+    );
+
+    // user.* extended attributes (overlayfs's `userxattr` metadata).
+    assert_eq!(drv.setxattr(work.nodeid, "user.overlay.opaque", b"y"), 0);
+    assert_eq!(
+        host_xattr(&p.join("work"), "user.overlay.opaque").unwrap(),
+        b"y"
+    );
+    let size = drv.getxattr(work.nodeid, "user.overlay.opaque", 0).unwrap();
+    assert_eq!(u32::from_le_bytes(size[..4].try_into().unwrap()), 1);
+    assert_eq!(
+        drv.getxattr(work.nodeid, "user.overlay.opaque", 64)
+            .unwrap(),
+        b"y"
+    );
+    let names = drv.listxattr(work.nodeid).unwrap();
+    assert!(
+        names
+            .split(|&b| b == 0)
+            .any(|n| n == b"user.overlay.opaque"),
+        "{names:?}"
+    );
+    assert_eq!(drv.removexattr(work.nodeid, "user.overlay.opaque"), 0);
+    assert!(host_xattr(&p.join("work"), "user.overlay.opaque").is_none());
+    // trusted.* needs CAP_SYS_ADMIN, which the worker does not have.
+    if unsafe_free_is_root() {
+        assert_eq!(
+            drv.setxattr(work.nodeid, "trusted.overlay.opaque", b"y"),
+            libc::EPERM
+        );
+    }
+
+    // Removal.
+    assert_eq!(drv.unlink(ROOT, "wh"), 0);
+    assert_eq!(drv.unlink(ROOT, "hard"), 0);
+    assert_eq!(drv.unlink(work.nodeid, "f"), 0);
+    assert_eq!(drv.unlink(work.nodeid, "moved"), 0);
+    assert_eq!(drv.rmdir(ROOT, "churn"), 0);
+    assert_eq!(drv.rmdir(ROOT, "work"), 0);
+    assert_eq!(drv.rmdir(ROOT, "sub"), libc::ENOTEMPTY);
+    let mut names: Vec<_> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    // "ln" is the whiteout RENAME_EXCHANGE swapped in.
+    assert_eq!(names, ["fifo", "hello.txt", "ln", "sub"]);
+    assert_eq!(std::fs::metadata(p.join("hello.txt")).unwrap().nlink(), 1);
+
+    // Attributes, sync, allocation, statfs.
+    let (f, fh) = drv.create(ROOT, "g", 0o600).unwrap();
+    let setattr = SetattrIn {
+        valid: (1 << 0) | (1 << 3), // FATTR_MODE | FATTR_SIZE
+        mode: 0o640,
+        size: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        drv.error_of(Opcode::Setattr, f.nodeid, setattr.as_slice()),
+        0
+    );
+    let m = std::fs::metadata(p.join("g")).unwrap();
+    assert_eq!((m.mode() & 0o777, m.len()), (0o640, 3));
+    let fsync = FsyncIn {
+        fh,
+        fsync_flags: 0,
+        padding: 0,
+    };
+    assert_eq!(drv.error_of(Opcode::Fsync, f.nodeid, fsync.as_slice()), 0);
+    let fa = FallocateIn {
+        fh,
+        offset: 0,
+        length: 8192,
+        mode: 0,
+        padding: 0,
+    };
+    assert_eq!(drv.error_of(Opcode::Fallocate, f.nodeid, fa.as_slice()), 0);
+    assert_eq!(std::fs::metadata(p.join("g")).unwrap().len(), 8192);
+    assert_eq!(drv.error_of(Opcode::Statfs, ROOT, &[]), 0);
+    assert_eq!(
+        drv.list(ROOT, false),
+        ["fifo", "g", "hello.txt", "ln", "sub"]
+    );
+    assert_eq!(
+        drv.list(ROOT, true),
+        ["fifo", "g", "hello.txt", "ln", "sub"]
+    );
+    assert!(drv.dev.is_running());
+}
+
+fn unsafe_free_is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_device_whose_worker_cannot_be_jailed_does_not_start() {
+    let d = share();
+    let mut dev = Fs::new(FsConfig {
+        tag: "t".into(),
+        host_dir: d.path().to_path_buf(),
+        read_only: false,
+    })
+    .unwrap();
+    dev.jail = Arc::new(jail::Jail::broken());
+    let mem = mem();
+    let activation = Activation {
+        mem: mem.clone(),
+        queues: (0..2)
+            .map(|i| mock(&mem, i).create_queue().unwrap())
+            .collect(),
+        queue_evts: (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect(),
+        interrupt: Interrupt::new().unwrap(),
+        acked_features: features::VERSION_1,
+    };
+    let e = dev.activate(activation).unwrap_err();
+    assert!(
+        matches!(e, ActivateError::Jail(JailError::Seccomp(_))),
+        "{e:?}"
+    );
+    assert!(std::error::Error::source(&e).is_some());
+    assert!(!dev.is_running());
 }

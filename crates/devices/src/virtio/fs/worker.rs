@@ -90,23 +90,10 @@ impl Worker {
         })
     }
 
-    /// Runs until the kill eventfd is written.
+    /// Runs until the kill eventfd is written. The thread must be jailed
+    /// first ([`super::jail`]): that also gives it its own umask, which the
+    /// passthrough sets to 0 at INIT.
     pub fn run(mut self) {
-        // The passthrough sets the umask to 0 when the guest sends INIT (so
-        // the modes the guest asks for are the modes files get) and switches
-        // this thread's fsuid/fsgid per request. umask is per fs_struct, so
-        // give this thread its own: the rest of husk keeps its umask.
-        // SAFETY: unshare(2) with CLONE_FS only gives the calling thread a
-        // private copy of its root, working directory and umask; it touches
-        // no memory.
-        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-            log::error!(
-                "virtio-fs {}: unshare(CLONE_FS) failed ({}); the device stops",
-                self.tag,
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
         loop {
             match self.step(None) {
                 Ok(true) => {}
