@@ -82,7 +82,8 @@ pub struct VsockSpec {
     pub cid: u64,
 }
 
-/// A host directory shared with the guest over virtio-fs.
+/// A host directory (or one file of it) shared with the guest over
+/// virtio-fs.
 #[derive(Debug, Clone)]
 pub struct FsShare {
     /// The mount tag (1 to 36 bytes): `mount -t virtiofs <tag> <dir>`.
@@ -91,6 +92,11 @@ pub struct FsShare {
     pub host_dir: PathBuf,
     /// Refuse every change with `EROFS`, on the host side.
     pub read_only: bool,
+    /// Share one file: `host_dir` is its directory, and this entry (a
+    /// regular file's name) is all the guest sees in it; nothing can be
+    /// created, removed, renamed or linked beside it. `None`: the whole
+    /// directory.
+    pub only: Option<std::ffi::OsString>,
 }
 
 /// Where virtio-mmio devices go: the first 4 KiB window, and the first
@@ -317,6 +323,7 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
             tag: share.tag.clone(),
             host_dir: share.host_dir.clone(),
             read_only: share.read_only,
+            only: share.only.clone(),
         })
         .map_err(VmmError::Fs)?;
         attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, &mut placed, dev)?;

@@ -62,6 +62,15 @@
 //! thread still opens host paths as root, so containment to the share
 //! remains the passthrough's, as above.
 //!
+//! # Single-file shares
+//!
+//! With [`FsConfig::only`] set, the share is the file's directory but the
+//! guest sees exactly that one entry in the share's root: lookups of other
+//! names fail with `ENOENT`, READDIR lists only it, and nothing can be
+//! created, removed, renamed or linked in the root, nor the root's own
+//! attributes changed (`EPERM`). This serves Docker-style file volumes
+//! (`-v /host/file:/etc/file`): the guest bind-mounts the one file.
+//!
 //! # Read-only shares
 //!
 //! Enforced on the host: the wrapper answers every mutating request (and
@@ -85,6 +94,8 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -118,6 +129,11 @@ pub struct FsConfig {
     pub host_dir: PathBuf,
     /// Refuse every change to the share (`EROFS`), on the host side.
     pub read_only: bool,
+    /// A single-file share: the name of a regular file in `host_dir`, the
+    /// only entry the guest sees in the share's root (nothing can be
+    /// created, removed, renamed or linked there). `None`: the whole
+    /// directory.
+    pub only: Option<OsString>,
 }
 
 /// Errors creating the device.
@@ -138,6 +154,14 @@ pub enum FsError {
     /// The host directory is not a directory.
     #[error("cannot share {0}: not a directory")]
     NotADirectory(PathBuf),
+    /// `only` is not a single file name (empty, `.`, `..`, or containing
+    /// `/` or NUL).
+    #[error("invalid single-file share {0:?}: it must be one file name")]
+    InvalidOnly(OsString),
+    /// `only` does not name a regular file in the host directory (symbolic
+    /// links are not followed).
+    #[error("cannot share {0}: not a regular file")]
+    NotAFile(PathBuf),
     /// The worker threads' jail could not be prepared.
     #[error("cannot prepare the virtio-fs worker's jail")]
     Jail(#[source] JailError),
@@ -189,6 +213,25 @@ impl Fs {
         if !root.is_dir() {
             return Err(FsError::NotADirectory(config.host_dir.clone()));
         }
+        let only = match &config.only {
+            None => None,
+            Some(name) => {
+                let b = name.as_bytes();
+                if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+                    return Err(FsError::InvalidOnly(name.clone()));
+                }
+                let c = CString::new(b).map_err(|_| FsError::InvalidOnly(name.clone()))?;
+                let file = root.join(name);
+                let meta = std::fs::symlink_metadata(&file).map_err(|source| FsError::HostDir {
+                    path: file.clone(),
+                    source,
+                })?;
+                if !meta.file_type().is_file() {
+                    return Err(FsError::NotAFile(file));
+                }
+                Some(c)
+            }
+        };
         let root_str = root
             .to_str()
             .ok_or_else(|| FsError::HostDir {
@@ -209,7 +252,7 @@ impl Fs {
         // SAFETY: geteuid(2) has no preconditions and touches no memory.
         let host_root = unsafe { libc::geteuid() } == 0;
         let jail = Arc::new(Jail::new(host_root).map_err(FsError::Jail)?);
-        let fs = Arc::new(ShareFs::new(passthrough, config.read_only, host_root));
+        let fs = Arc::new(ShareFs::new(passthrough, config.read_only, host_root, only));
         let server = Arc::new(Server::new(fs.clone()));
         Ok(Self {
             config,

@@ -10,13 +10,23 @@
 //!   attributes (file capabilities, LSM labels), which the host would honour;
 //! * requests the passthrough has no safe use for here (DAX mappings,
 //!   `ioctl`, `bmap`, `poll`) get `ENOSYS` because the wrapper does not pass
-//!   them on.
+//!   them on;
+//! * **single-file shares** (`only`) show one entry in the root and
+//!   nothing else: LOOKUP of any other name in the root is `ENOENT`,
+//!   READDIR and READDIRPLUS of the root list only that entry (built from
+//!   a lookup of it, so the passthrough never even opens the siblings),
+//!   every request that would create, remove, rename or link a name in the
+//!   root is `EPERM` (renaming the file away or replacing it would break
+//!   the guest's bind mount of it), and so are SETATTR, SETXATTR and
+//!   REMOVEXATTR of the root itself. The file itself is served like any
+//!   file of a directory share; LOOKUP opens it with `O_NOFOLLOW`, so if
+//!   the host swaps in a symlink the guest gets the link, not its target.
 //!
 //! Containment (the guest reaching host files outside the share) is the
 //! passthrough's own design, configured in [`passthrough_config`]; see the
 //! module documentation of [`super`].
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::time::Duration;
 
@@ -24,8 +34,8 @@ use fuse_backend_rs::abi::fuse_abi::{
     CreateIn, FsOptions, OpenOptions, SetattrValid, stat64, statvfs64,
 };
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
-    ZeroCopyWriter,
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, ListxattrReply, ROOT_ID,
+    ZeroCopyReader, ZeroCopyWriter,
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
@@ -73,6 +83,8 @@ pub(super) struct ShareFs {
     /// request from a non-root guest user with EPERM), so every request
     /// runs as husk's own user: files the guest creates belong to it.
     host_root: bool,
+    /// A single-file share: the one name the root shows.
+    only: Option<CString>,
 }
 
 impl std::fmt::Debug for ShareFs {
@@ -80,6 +92,7 @@ impl std::fmt::Debug for ShareFs {
         f.debug_struct("ShareFs")
             .field("read_only", &self.read_only)
             .field("host_root", &self.host_root)
+            .field("only", &self.only)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +107,10 @@ fn eperm() -> io::Error {
 
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+fn enoent() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOENT)
 }
 
 /// Whether open(2) flags ask for write access or truncation.
@@ -113,16 +130,69 @@ fn check_name(name: &CStr) -> io::Result<()> {
 }
 
 impl ShareFs {
-    pub(super) fn new(inner: PassthroughFs, read_only: bool, host_root: bool) -> Self {
+    /// `only`: see [`super::FsConfig::only`] (the caller checked it is one
+    /// name).
+    pub(super) fn new(
+        inner: PassthroughFs,
+        read_only: bool,
+        host_root: bool,
+        only: Option<CString>,
+    ) -> Self {
         Self {
             inner,
             read_only,
             host_root,
+            only,
         }
     }
 
     fn writable(&self) -> io::Result<()> {
         if self.read_only { Err(erofs()) } else { Ok(()) }
+    }
+
+    /// In a single-file share, names in the root and the root itself are
+    /// fixed: refuses a change to `dir` (a directory whose entries change,
+    /// or an inode whose attributes change) if it is the root.
+    fn root_fixed(&self, dir: Inode) -> io::Result<()> {
+        if self.only.is_some() && dir == ROOT_ID {
+            Err(eperm())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// In a single-file share, the one name the root shows (`.` and `..`,
+    /// the root itself there, too).
+    fn visible(&self, parent: Inode, name: &CStr) -> io::Result<()> {
+        match &self.only {
+            Some(only) if parent == ROOT_ID => {
+                let b = name.to_bytes();
+                if b == only.as_bytes() || b == b"." || b == b".." {
+                    Ok(())
+                } else {
+                    Err(enoent())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The root of a single-file share as READDIR(PLUS) shows it: the one
+    /// entry at offset 0, nothing after it. Looks the entry up (the caller
+    /// forgets it unless it hands the node id to the guest); `None` when it
+    /// is gone from the host or `offset` is past it.
+    fn only_entry(&self, ctx: &Context, offset: u64) -> io::Result<Option<(&[u8], Entry)>> {
+        let Some(only) = &self.only else {
+            return Ok(None);
+        };
+        if offset > 0 {
+            return Ok(None);
+        }
+        match self.inner.lookup(ctx, ROOT_ID, only) {
+            Ok(e) => Ok(Some((only.as_bytes(), e))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn xattr_writable(&self, name: &CStr) -> io::Result<()> {
@@ -159,6 +229,7 @@ impl FileSystem for ShareFs {
     }
 
     fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+        self.visible(parent, name)?;
         self.inner.lookup(ctx, parent, name)
     }
 
@@ -188,6 +259,7 @@ impl FileSystem for ShareFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        self.root_fixed(inode)?;
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -204,6 +276,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(name)?;
+        self.root_fixed(parent)?;
         self.inner.symlink(ctx, linkname, parent, name)
     }
 
@@ -218,6 +291,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(name)?;
+        self.root_fixed(inode)?;
         let kind = mode & libc::S_IFMT;
         // A device node in a share would be a device node on the host.
         // overlayfs's whiteout (a 0:0 character device) is harmless.
@@ -237,18 +311,21 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(name)?;
+        self.root_fixed(parent)?;
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
         check_name(name)?;
+        self.root_fixed(parent)?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
         check_name(name)?;
+        self.root_fixed(parent)?;
         self.inner.rmdir(ctx, parent, name)
     }
 
@@ -264,6 +341,8 @@ impl FileSystem for ShareFs {
         self.writable()?;
         check_name(oldname)?;
         check_name(newname)?;
+        self.root_fixed(olddir)?;
+        self.root_fixed(newdir)?;
         self.inner
             .rename(ctx, olddir, oldname, newdir, newname, flags)
     }
@@ -277,6 +356,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(newname)?;
+        self.root_fixed(newparent)?;
         self.inner.link(ctx, inode, newparent, newname)
     }
 
@@ -302,6 +382,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_name(name)?;
+        self.root_fixed(parent)?;
         self.inner.create(ctx, parent, name, args)
     }
 
@@ -403,6 +484,7 @@ impl FileSystem for ShareFs {
         flags: u32,
     ) -> io::Result<()> {
         self.xattr_writable(name)?;
+        self.root_fixed(inode)?;
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -422,6 +504,7 @@ impl FileSystem for ShareFs {
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
         self.xattr_writable(name)?;
+        self.root_fixed(inode)?;
         self.inner.removexattr(ctx, inode, name)
     }
 
@@ -443,6 +526,22 @@ impl FileSystem for ShareFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        if self.only.is_some() && inode == ROOT_ID {
+            // Built from a lookup, not the host directory's listing: the
+            // handle is not used (the listing is what LOOKUP shows anyway).
+            if let Some((name, e)) = self.only_entry(ctx, offset)? {
+                // Like the passthrough's READDIR: the node id as ino, and
+                // no reference kept.
+                self.inner.forget(ctx, e.inode, 1);
+                add_entry(DirEntry {
+                    ino: e.inode,
+                    offset: 1,
+                    type_: (e.attr.st_mode & libc::S_IFMT) >> 12,
+                    name,
+                })?;
+            }
+            return Ok(());
+        }
         self.inner
             .readdir(ctx, inode, handle, size, offset, add_entry)
     }
@@ -456,6 +555,24 @@ impl FileSystem for ShareFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        if self.only.is_some() && inode == ROOT_ID {
+            if let Some((name, e)) = self.only_entry(ctx, offset)? {
+                let node = e.inode;
+                let de = DirEntry {
+                    ino: e.attr.st_ino,
+                    offset: 1,
+                    type_: (e.attr.st_mode & libc::S_IFMT) >> 12,
+                    name,
+                };
+                // The guest holds the lookup's reference only if the entry
+                // went into the reply.
+                match add_entry(de, e) {
+                    Ok(0) | Err(_) => self.inner.forget(ctx, node, 1),
+                    Ok(_) => {}
+                }
+            }
+            return Ok(());
+        }
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, add_entry)
     }

@@ -74,7 +74,21 @@ impl Driver {
             tag: "share".into(),
             host_dir: dir.to_path_buf(),
             read_only,
+            only: None,
         })
+    }
+
+    /// A started device for a single-file share of `dir/name`, after INIT.
+    fn only(dir: &Path, name: &str, read_only: bool) -> Self {
+        let mut d = Self::started(FsConfig {
+            tag: "file".into(),
+            host_dir: dir.to_path_buf(),
+            read_only,
+            only: Some(name.into()),
+        });
+        let (out, _) = d.init();
+        assert_eq!(out.error, 0);
+        d
     }
 
     /// A started device (before INIT).
@@ -321,6 +335,7 @@ fn config_space_and_identity() {
         tag: "rootfs".into(),
         host_dir: d.path().to_path_buf(),
         read_only: true,
+        only: None,
     })
     .unwrap();
     assert_eq!(dev.device_type(), 26);
@@ -349,6 +364,7 @@ fn bad_shares_are_refused() {
         tag: tag.into(),
         host_dir: dir.to_path_buf(),
         read_only: false,
+        only: None,
     };
     for tag in ["", "a\0b", &"x".repeat(37)] {
         assert!(matches!(
@@ -373,6 +389,7 @@ fn activation_needs_two_ready_queues() {
         tag: "t".into(),
         host_dir: d.path().to_path_buf(),
         read_only: true,
+        only: None,
     })
     .unwrap();
     let mem = mem();
@@ -1065,12 +1082,12 @@ fn without_root_requests_run_as_husks_own_user() {
         pid: 1,
     };
     let mut ctx = guest;
-    share::ShareFs::new(pt(), false, false)
+    share::ShareFs::new(pt(), false, false, None)
         .id_remap(&mut ctx)
         .unwrap();
     assert_eq!((ctx.uid, ctx.gid), (0, 0));
     let mut ctx = guest;
-    share::ShareFs::new(pt(), false, true)
+    share::ShareFs::new(pt(), false, true, None)
         .id_remap(&mut ctx)
         .unwrap();
     assert_eq!((ctx.uid, ctx.gid), (1000, 1000));
@@ -1502,6 +1519,7 @@ fn a_device_whose_worker_cannot_be_jailed_does_not_start() {
         tag: "t".into(),
         host_dir: d.path().to_path_buf(),
         read_only: false,
+        only: None,
     })
     .unwrap();
     dev.jail = Arc::new(jail::Jail::broken());
@@ -1524,4 +1542,212 @@ fn a_device_whose_worker_cannot_be_jailed_does_not_start() {
     );
     assert!(std::error::Error::source(&e).is_some());
     assert!(!dev.is_running());
+}
+
+// ---- Single-file shares ----
+
+/// A directory with the file to share and a sibling that must stay hidden.
+fn file_share() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("file.txt"), b"shared\n").unwrap();
+    std::fs::write(d.path().join("secret.txt"), b"secret\n").unwrap();
+    std::fs::create_dir(d.path().join("secret-dir")).unwrap();
+    d
+}
+
+/// The names in `dir` on the host, sorted.
+fn host_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_single_file_share_shows_only_its_file() {
+    let d = file_share();
+    let mut drv = Driver::only(d.path(), "file.txt", false);
+    for name in ["secret.txt", "secret-dir", "missing"] {
+        assert_eq!(drv.lookup(ROOT, name).unwrap_err(), libc::ENOENT, "{name}");
+    }
+    // `.` and `..` are the root itself.
+    assert_eq!(drv.lookup(ROOT, "..").unwrap().nodeid, ROOT);
+    assert_eq!(drv.lookup(ROOT, "..").unwrap().nodeid, ROOT);
+    assert_eq!(drv.list(ROOT, false), ["file.txt"]);
+    assert_eq!(drv.list(ROOT, true), ["file.txt"]);
+
+    // The file works as in a directory share, and writes reach the host.
+    let f = drv.lookup(ROOT, "file.txt").unwrap();
+    assert_eq!(f.attr.mode & libc::S_IFMT, libc::S_IFREG);
+    let fh = drv.open(f.nodeid, libc::O_RDWR).unwrap();
+    assert_eq!(drv.read(f.nodeid, fh, 0, 100).unwrap(), b"shared\n");
+    assert_eq!(drv.write(f.nodeid, fh, 0, b"SHARED").unwrap(), 6);
+    assert_eq!(
+        std::fs::read(d.path().join("file.txt")).unwrap(),
+        b"SHARED\n"
+    );
+    let setattr = SetattrIn {
+        valid: 1 << 3, // FATTR_SIZE
+        size: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        drv.error_of(Opcode::Setattr, f.nodeid, setattr.as_slice()),
+        0
+    );
+    assert_eq!(std::fs::read(d.path().join("file.txt")).unwrap(), b"SHA");
+    assert_eq!(drv.setxattr(f.nodeid, "user.x", b"1"), 0);
+    assert_eq!(drv.removexattr(f.nodeid, "user.x"), 0);
+
+    // Nothing is created, removed, renamed or linked in the root, and the
+    // root's own attributes stay.
+    assert_eq!(drv.create(ROOT, "new", 0o644).unwrap_err(), libc::EPERM);
+    assert_eq!(drv.mkdir(ROOT, "dir").unwrap_err(), libc::EPERM);
+    assert_eq!(
+        drv.mknod(ROOT, "wh", libc::S_IFCHR | 0o600, 0).unwrap_err(),
+        libc::EPERM
+    );
+    assert_eq!(
+        drv.symlink(ROOT, "ln", "file.txt").unwrap_err(),
+        libc::EPERM
+    );
+    assert_eq!(drv.link(f.nodeid, ROOT, "hard").unwrap_err(), libc::EPERM);
+    assert_eq!(drv.unlink(ROOT, "file.txt"), libc::EPERM);
+    assert_eq!(drv.unlink(ROOT, "secret.txt"), libc::EPERM);
+    assert_eq!(drv.rmdir(ROOT, "secret-dir"), libc::EPERM);
+    for flags in [
+        0,
+        libc::RENAME_NOREPLACE,
+        libc::RENAME_EXCHANGE,
+        libc::RENAME_WHITEOUT,
+    ] {
+        assert_eq!(
+            drv.rename2(ROOT, "file.txt", ROOT, "renamed", flags),
+            libc::EPERM
+        );
+        assert_eq!(
+            drv.rename2(ROOT, "secret.txt", ROOT, "file.txt", flags),
+            libc::EPERM
+        );
+    }
+    let mut body = ROOT.to_le_bytes().to_vec();
+    body.extend_from_slice(b"file.txt\0moved\0");
+    assert_eq!(drv.error_of(Opcode::Rename, ROOT, &body), libc::EPERM);
+    let chmod = SetattrIn {
+        valid: 1 << 0, // FATTR_MODE
+        mode: 0o777,
+        ..Default::default()
+    };
+    assert_eq!(
+        drv.error_of(Opcode::Setattr, ROOT, chmod.as_slice()),
+        libc::EPERM
+    );
+    assert_eq!(drv.setxattr(ROOT, "user.x", b"1"), libc::EPERM);
+    assert_eq!(drv.removexattr(ROOT, "user.x"), libc::EPERM);
+    // Reading the root's attributes is fine.
+    let (out, _) = drv.call(Opcode::Getattr, ROOT, GetattrIn::default().as_slice());
+    assert_eq!(out.error, 0);
+
+    assert_eq!(
+        host_names(d.path()),
+        ["file.txt", "secret-dir", "secret.txt"]
+    );
+    assert_eq!(
+        std::fs::read(d.path().join("secret.txt")).unwrap(),
+        b"secret\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.path()).unwrap().permissions().mode();
+    assert_ne!(mode & 0o777, 0o777);
+
+    // Listing the root never handed out a sibling's node id: node ids are
+    // sequential, and the ones next to the file's are nothing.
+    for node in f.nodeid + 1..f.nodeid + 8 {
+        let (out, _) = drv.call(Opcode::Getattr, node, GetattrIn::default().as_slice());
+        assert_ne!(out.error, 0, "node {node}");
+    }
+    assert!(drv.dev.is_running());
+}
+
+#[test]
+fn a_read_only_single_file_share_refuses_writes_with_erofs() {
+    let d = file_share();
+    let mut drv = Driver::only(d.path(), "file.txt", true);
+    let f = drv.lookup(ROOT, "file.txt").unwrap();
+    assert_eq!(drv.open(f.nodeid, libc::O_RDWR).unwrap_err(), libc::EROFS);
+    let fh = drv.open(f.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(drv.read(f.nodeid, fh, 0, 100).unwrap(), b"shared\n");
+    assert_eq!(drv.write(f.nodeid, fh, 0, b"x").unwrap_err(), libc::EROFS);
+    assert_eq!(drv.create(ROOT, "new", 0o644).unwrap_err(), libc::EROFS);
+    assert_eq!(drv.unlink(ROOT, "file.txt"), libc::EROFS);
+    assert_eq!(
+        drv.rename2(ROOT, "file.txt", ROOT, "renamed", 0),
+        libc::EROFS
+    );
+    assert_eq!(drv.setxattr(f.nodeid, "user.x", b"1"), libc::EROFS);
+    assert_eq!(drv.lookup(ROOT, "secret.txt").unwrap_err(), libc::ENOENT);
+    assert_eq!(drv.list(ROOT, true), ["file.txt"]);
+    assert_eq!(
+        host_names(d.path()),
+        ["file.txt", "secret-dir", "secret.txt"]
+    );
+    assert_eq!(
+        std::fs::read(d.path().join("file.txt")).unwrap(),
+        b"shared\n"
+    );
+}
+
+#[test]
+fn a_single_file_share_never_follows_a_symlink_swapped_in_on_the_host() {
+    let d = file_share();
+    let mut drv = Driver::only(d.path(), "file.txt", false);
+    // The host replaces the file with a link to its sibling, then with a
+    // link out of the directory.
+    std::fs::remove_file(d.path().join("file.txt")).unwrap();
+    std::os::unix::fs::symlink("secret.txt", d.path().join("file.txt")).unwrap();
+    let e = drv.lookup(ROOT, "file.txt").unwrap();
+    assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert!(drv.open(e.nodeid, libc::O_RDONLY).is_err());
+    let (out, body) = drv.call(Opcode::Readlink, e.nodeid, &[]);
+    assert_eq!(out.error, 0);
+    assert_eq!(body, b"secret.txt");
+    // The guest resolves that in its own namespace: in the share's root,
+    // where there is no such name.
+    assert_eq!(drv.lookup(ROOT, "secret.txt").unwrap_err(), libc::ENOENT);
+    assert_eq!(drv.list(ROOT, false), ["file.txt"]);
+    // Gone from the host: an empty root.
+    std::fs::remove_file(d.path().join("file.txt")).unwrap();
+    assert_eq!(drv.lookup(ROOT, "file.txt").unwrap_err(), libc::ENOENT);
+    assert!(drv.list(ROOT, true).is_empty());
+}
+
+#[test]
+fn single_file_shares_are_checked() {
+    let d = file_share();
+    let cfg = |only: &str| FsConfig {
+        tag: "t".into(),
+        host_dir: d.path().to_path_buf(),
+        read_only: false,
+        only: Some(only.into()),
+    };
+    for bad in ["", ".", "..", "a/b", "/file.txt", "file.txt\0"] {
+        assert!(
+            matches!(Fs::new(cfg(bad)), Err(FsError::InvalidOnly(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        Fs::new(cfg("secret-dir")),
+        Err(FsError::NotAFile(_))
+    ));
+    std::os::unix::fs::symlink("file.txt", d.path().join("link")).unwrap();
+    assert!(matches!(Fs::new(cfg("link")), Err(FsError::NotAFile(_))));
+    assert!(matches!(
+        Fs::new(cfg("missing")),
+        Err(FsError::HostDir { .. })
+    ));
+    let dev = Fs::new(cfg("file.txt")).unwrap();
+    assert_eq!(dev.config().only.as_deref(), Some("file.txt".as_ref()));
 }
