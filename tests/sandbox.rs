@@ -79,6 +79,10 @@ fn expected_seq() -> Vec<u8> {
     v
 }
 
+fn rustix_is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}
+
 #[test]
 fn sandbox_runs_processes_over_vsock() {
     require_kvm();
@@ -98,10 +102,31 @@ fn sandbox_runs_processes_over_vsock() {
     std::fs::write(&secret, "HOST SECRET\n").unwrap();
     std::os::unix::fs::symlink(&secret, rw.join("escape")).unwrap();
     std::os::unix::fs::symlink("../secret.txt", rw.join("escape-rel")).unwrap();
+    // File volumes: one file of a directory each, its siblings hidden.
+    let files = vols.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("app.conf"), "setting=1\n").unwrap();
+    std::fs::write(files.join("data.txt"), "first line\n").unwrap();
+    std::fs::write(files.join("sibling.txt"), "HOST SIBLING\n").unwrap();
     config.volumes = vec![
         husk_runtime::Volume::parse(&format!("{}:/ro:ro", ro.display())).unwrap(),
         husk_runtime::Volume::parse(&format!("{}:/rw", rw.display())).unwrap(),
+        husk_runtime::Volume::parse(&format!(
+            "{}:/srv/app.conf:ro",
+            files.join("app.conf").display()
+        ))
+        .unwrap(),
+        husk_runtime::Volume::parse(&format!(
+            "{}:/srv/data.txt",
+            files.join("data.txt").display()
+        ))
+        .unwrap(),
     ];
+    config.tmpfs = vec!["/scratch".into()];
+    // The container's writable layer is on the host.
+    let layer = husk_e2e::scratch("sandbox-writable-layer");
+    config.upper = Some(layer.clone());
+    let upper = layer.join("upper");
     let rootfs_before = tree_listing(&busybox_rootfs());
     let t = Instant::now();
     let sb = Sandbox::start(&config).unwrap_or_else(|e| {
@@ -372,6 +397,79 @@ fn sandbox_runs_processes_over_vsock() {
         let (st, _) = sb.exec(spec("sleep 1; exit 5"), stdio, None).unwrap();
         assert_eq!(st, ExitStatus::Code(5));
         assert!(t.elapsed() < Duration::from_secs(120));
+
+        // The writable layer is on the host: new files land in it, a
+        // deleted image file is a whiteout, a directory replaced is opaque
+        // (overlayfs's user.overlay.* xattrs on the share), and ownership,
+        // modes and timestamps are kept.
+        let (st, out, err) = sh(
+            &sb,
+            "rm /bin/yes && mkdir -p /var/new && echo hi > /var/new/f && chown 65534:65534 /var/new/f && chmod 640 /var/new/f && touch -d '2001-02-03 04:05:06' /var/new/f \
+             && rm -rf /etc && mkdir /etc && echo x > /etc/only && ln /var/new/f /var/new/hardlink && mv /var/new/hardlink /var/new/moved \
+             && ls /etc && test ! -e /bin/yes && echo yes-gone && stat -c '%u:%g %a %Y %h' /var/new/f",
+        );
+        assert_eq!(
+            (st, out.as_str()),
+            (
+                ExitStatus::Code(0),
+                "only\nyes-gone\n65534:65534 640 981173106 2\n"
+            ),
+            "stderr: {err}"
+        );
+        {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            let wh =
+                std::fs::symlink_metadata(upper.join("bin/yes")).expect("a whiteout for /bin/yes");
+            assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "{wh:?}");
+            let f = std::fs::metadata(upper.join("var/new/f")).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(upper.join("var/new/f")).unwrap(),
+                "hi\n"
+            );
+            assert_eq!(
+                (f.mode() & 0o7777, f.mtime(), f.nlink()),
+                (0o640, 981_173_106, 2)
+            );
+            if rustix_is_root() {
+                assert_eq!((f.uid(), f.gid()), (65534, 65534));
+            } else {
+                eprintln!(
+                    "sandbox: NOT checking host ownership of guest chown: husk runs as a normal user here"
+                );
+            }
+            assert!(upper.join("etc/only").exists() && !upper.join("etc/passwd").exists());
+            assert!(upper.join("bin/written-by-container").exists());
+        }
+        assert_eq!(
+            tree_listing(&busybox_rootfs()),
+            rootfs_before,
+            "the shared rootfs changed"
+        );
+
+        // File volumes: the file alone, read-only or read-write both ways;
+        // --tmpfs: a fresh tmpfs, mode 1777.
+        std::fs::write(files.join("data.txt"), "first line\nhost line\n").unwrap();
+        let (st, out, err) = sh(
+            &sb,
+            "cat /srv/app.conf; echo x >> /srv/app.conf 2>/dev/null || echo refused; cat /srv/data.txt; echo guest line >> /srv/data.txt; \
+             ls /srv; grep -c ' /scratch tmpfs ' /proc/mounts; stat -c %a /scratch",
+        );
+        assert_eq!(
+            (st, out.as_str()),
+            (
+                ExitStatus::Code(0),
+                "setting=1\nrefused\nfirst line\nhost line\napp.conf\ndata.txt\n1\n1777\n"
+            ),
+            "stderr: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(files.join("data.txt")).unwrap(),
+            "first line\nhost line\nguest line\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(files.join("app.conf")).unwrap(),
+            "setting=1\n"
+        );
 
         // The main process: give it its line; it exits 7.
         let mut w = main_in_writer;

@@ -375,8 +375,28 @@ fn power_off() -> ! {
 struct BootArgs {
     /// `husk.rootfs=virtiofs`: the root is the virtio-fs share `rootfs`.
     rootfs_virtiofs: bool,
-    /// `husk.volume=TAG:PATH:ro|rw`, in order.
-    volumes: Vec<(String, String, bool)>,
+    /// `husk.upper=virtiofs`: the overlay's upper layer is the read-write
+    /// virtio-fs share `upper` (the container's writable layer on the host).
+    upper_virtiofs: bool,
+    /// `husk.volume=TAG:PATH:ro|rw[:file]`, in order.
+    volumes: Vec<VolumeArg>,
+    /// `husk.tmpfs=PATH`: a fresh tmpfs in the container.
+    tmpfs: Vec<String>,
+}
+
+/// One volume from the command line.
+#[derive(Debug, Clone, PartialEq)]
+struct VolumeArg {
+    tag: String,
+    path: String,
+    read_only: bool,
+    /// The share holds one file, bind-mounted onto `path`.
+    file: bool,
+}
+
+/// Paths husk passes: absolute, not "/", without "..".
+fn guest_path_ok(path: &str) -> bool {
+    path.starts_with('/') && path != "/" && !path.split('/').any(|c| c == "..")
 }
 
 fn parse_cmdline(cmdline: &str) -> BootArgs {
@@ -384,14 +404,26 @@ fn parse_cmdline(cmdline: &str) -> BootArgs {
     for word in cmdline.split_whitespace() {
         if word == "husk.rootfs=virtiofs" {
             a.rootfs_virtiofs = true;
+        } else if word == "husk.upper=virtiofs" {
+            a.upper_virtiofs = true;
+        } else if let Some(path) = word.strip_prefix("husk.tmpfs=") {
+            if guest_path_ok(path) {
+                a.tmpfs.push(path.to_owned());
+            }
         } else if let Some(v) = word.strip_prefix("husk.volume=") {
-            let mut it = v.splitn(3, ':');
-            if let (Some(tag), Some(path), Some(mode)) = (it.next(), it.next(), it.next())
-                && path.starts_with('/')
-                && !path.split('/').any(|c| c == "..")
-            {
-                a.volumes
-                    .push((tag.to_owned(), path.to_owned(), mode == "ro"));
+            let parts: Vec<&str> = v.split(':').collect();
+            let (tag, path, mode, file) = match parts.as_slice() {
+                [t, p, m] => (*t, *p, *m, false),
+                [t, p, m, "file"] => (*t, *p, *m, true),
+                _ => continue,
+            };
+            if guest_path_ok(path) && (mode == "ro" || mode == "rw") {
+                a.volumes.push(VolumeArg {
+                    tag: tag.to_owned(),
+                    path: path.to_owned(),
+                    read_only: mode == "ro",
+                    file,
+                });
             }
         }
     }
@@ -399,15 +431,25 @@ fn parse_cmdline(cmdline: &str) -> BootArgs {
 }
 
 /// Builds the container root from the virtio-fs share: the share read-only
-/// below, an overlay on top whose upper layer is guest memory (tmpfs), so the
-/// host's directory is never changed and each container's writes are its
-/// own.
-fn mount_virtiofs_root() -> std::io::Result<()> {
+/// below, an overlay on top, so the host's directory is never changed and
+/// each container's writes are its own. The overlay's upper layer is the
+/// container's writable layer on the host (the read-write share `upper`)
+/// or, without one, guest memory (tmpfs). On the share, overlayfs keeps its
+/// metadata in `user.overlay.*` xattrs (`userxattr`), which the host
+/// server may set without privileges; `trusted.*` would need
+/// CAP_SYS_ADMIN on the host.
+fn mount_virtiofs_root(upper_virtiofs: bool) -> std::io::Result<()> {
     for d in ["/lower", "/overlay", CONTAINER_ROOT] {
         std::fs::create_dir_all(d)?;
     }
     sys::mount("rootfs", "/lower", "virtiofs", libc::MS_RDONLY, None)?;
-    sys::mount("overlay-rw", "/overlay", "tmpfs", 0, Some("mode=0755"))?;
+    let xattrs = if upper_virtiofs {
+        sys::mount("upper", "/overlay", "virtiofs", 0, None)?;
+        ",userxattr"
+    } else {
+        sys::mount("overlay-rw", "/overlay", "tmpfs", 0, Some("mode=0755"))?;
+        ""
+    };
     std::fs::create_dir_all("/overlay/upper")?;
     std::fs::create_dir_all("/overlay/work")?;
     sys::mount(
@@ -415,17 +457,74 @@ fn mount_virtiofs_root() -> std::io::Result<()> {
         CONTAINER_ROOT,
         "overlay",
         0,
-        Some("lowerdir=/lower,upperdir=/overlay/upper,workdir=/overlay/work"),
+        Some(&format!(
+            "lowerdir=/lower,upperdir=/overlay/upper,workdir=/overlay/work{xattrs}"
+        )),
     )
 }
 
-fn mount_volumes(volumes: &[(String, String, bool)]) {
-    for (tag, path, ro) in volumes {
+/// Mounts the volumes in the container root. A directory volume is its
+/// share mounted on the path; a file volume's share shows only that file,
+/// which is mounted at /volumes/TAG and bind-mounted onto the path.
+fn mount_volumes(volumes: &[VolumeArg]) {
+    for v in volumes {
+        let target = format!("{CONTAINER_ROOT}{}", v.path);
+        let flags = if v.read_only { libc::MS_RDONLY } else { 0 };
+        let result = if v.file {
+            mount_file_volume(v, &target, flags)
+        } else {
+            std::fs::create_dir_all(&target)
+                .and_then(|()| sys::mount(&v.tag, &target, "virtiofs", flags, None))
+        };
+        if let Err(e) = result {
+            log(&format!("cannot mount volume {} on {}: {e}", v.tag, v.path));
+        }
+    }
+}
+
+fn mount_file_volume(v: &VolumeArg, target: &str, flags: libc::c_ulong) -> std::io::Result<()> {
+    let share = format!("/volumes/{}", v.tag);
+    std::fs::create_dir_all(&share)?;
+    sys::mount(&v.tag, &share, "virtiofs", flags, None)?;
+    let entry = std::fs::read_dir(&share)?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the share is empty"))??;
+    if let Some(parent) = std::path::Path::new(target).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // The mount point: an empty file, unless the image has one there.
+    if std::fs::symlink_metadata(target).is_err() {
+        std::fs::File::create(target)?;
+    }
+    let source = entry.path();
+    let source = source.to_str().unwrap_or_default();
+    sys::mount(source, target, "", libc::MS_BIND, None)?;
+    if v.read_only {
+        sys::mount(
+            "",
+            target,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Mounts a fresh tmpfs on each `--tmpfs` path, as Docker does (noexec
+/// off, nosuid and nodev on, mode 1777).
+fn mount_tmpfs(paths: &[String]) {
+    for path in paths {
         let target = format!("{CONTAINER_ROOT}{path}");
         let _ = std::fs::create_dir_all(&target);
-        let flags = if *ro { libc::MS_RDONLY } else { 0 };
-        if let Err(e) = sys::mount(tag, &target, "virtiofs", flags, None) {
-            log(&format!("cannot mount volume {tag} on {path}: {e}"));
+        if let Err(e) = sys::mount(
+            "tmpfs",
+            &target,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        ) {
+            log(&format!("cannot mount a tmpfs on {path}: {e}"));
         }
     }
 }
@@ -438,16 +537,15 @@ fn main() {
     agent_mounts();
     let args = parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     if args.rootfs_virtiofs
-        && let Err(e) = mount_virtiofs_root()
+        && let Err(e) = mount_virtiofs_root(args.upper_virtiofs)
     {
         log(&format!(
             "cannot mount the container root from virtio-fs: {e}"
         ));
         power_off();
     }
-    if !args.volumes.is_empty() {
-        mount_volumes(&args.volumes);
-    }
+    mount_volumes(&args.volumes);
+    mount_tmpfs(&args.tmpfs);
     let root = std::path::Path::new(CONTAINER_ROOT).is_dir().then(|| {
         // The root must be a mount of its own to be moved onto "/" (see
         // process.rs); the overlay is one, a packed directory is not.
@@ -509,17 +607,29 @@ mod tests {
     #[test]
     fn reads_husk_args_from_the_command_line() {
         let a = parse_cmdline(
-            "console=ttyS0 quiet husk.rootfs=virtiofs husk.volume=vol0:/data:ro husk.volume=vol1:/w:rw",
+            "console=ttyS0 quiet husk.rootfs=virtiofs husk.upper=virtiofs husk.volume=vol0:/data:ro \
+             husk.volume=vol1:/w:rw husk.volume=vol2:/etc/x.conf:ro:file husk.tmpfs=/run",
         );
-        assert!(a.rootfs_virtiofs);
+        assert!(a.rootfs_virtiofs && a.upper_virtiofs);
+        let v = |tag: &str, path: &str, read_only, file| VolumeArg {
+            tag: tag.into(),
+            path: path.into(),
+            read_only,
+            file,
+        };
         assert_eq!(
             a.volumes,
             vec![
-                ("vol0".into(), "/data".into(), true),
-                ("vol1".into(), "/w".into(), false)
+                v("vol0", "/data", true, false),
+                v("vol1", "/w", false, false),
+                v("vol2", "/etc/x.conf", true, true),
             ]
         );
-        let a = parse_cmdline("husk.volume=bad husk.volume=v:relative:rw husk.volume=v:/a/../b:ro");
+        assert_eq!(a.tmpfs, vec!["/run".to_string()]);
+        let a = parse_cmdline(
+            "husk.volume=bad husk.volume=v:relative:rw husk.volume=v:/a/../b:ro \
+             husk.volume=v:/x:rx husk.volume=v:/x:ro:dir husk.tmpfs=rel husk.tmpfs=/ husk.tmpfs=/a/..",
+        );
         assert_eq!(a, BootArgs::default());
     }
 }

@@ -270,6 +270,8 @@ pub fn sandbox_config(name: &str, rootfs: &Path) -> husk_runtime::SandboxConfig 
         rootfs: Some(rootfs.to_owned()),
         rootfs_via: husk_runtime::RootfsVia::VirtioFs,
         volumes: Vec::new(),
+        upper: None,
+        tmpfs: Vec::new(),
         mem_size: 128 << 20,
         vcpus: 1,
         dir: scratch(name),

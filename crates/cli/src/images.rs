@@ -94,9 +94,27 @@ pub fn images(store: &Store) -> anyhow::Result<ExitCode> {
 }
 
 /// `husk rmi [-f] IMAGE...`.
-pub fn rmi(store: &Store, images: &[String], force: bool) -> anyhow::Result<ExitCode> {
+/// An image a container uses is kept unless forced, as Docker does.
+pub fn rmi(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+    images: &[String],
+    force: bool,
+) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for i in images {
+        if !force
+            && let Ok(image) = store.resolve(i)
+            && let Some(c) = crate::containers::users_of(containers, &image.id.to_string())?.first()
+        {
+            eprintln!(
+                "husk: error: conflict: unable to remove image {i} (must force): container {} ({}) is using it",
+                c.short_id(),
+                c.name
+            );
+            failed = true;
+            continue;
+        }
         match store.remove(i, force) {
             Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
             Err(e) => {

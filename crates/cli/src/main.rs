@@ -1,5 +1,6 @@
 //! The `husk` command.
 
+mod containers;
 mod images;
 mod run;
 mod term;
@@ -35,6 +36,31 @@ enum Command {
     Boot(BootArgs),
     /// Run a command in a new container, in its own microVM.
     Run(run::RunArgs),
+    /// Run a stopped container again, in the foreground, on the writable layer it left.
+    Start(run::StartArgs),
+    /// List containers.
+    Ps {
+        /// Show all containers (default: running ones).
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only show container ids.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Remove containers and their writable layers.
+    Rm {
+        /// Kill and remove a running container.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// The containers: names, ids or id prefixes.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show what a container changed in its filesystem (A added, C changed, D deleted).
+    Diff {
+        /// The container.
+        container: String,
+    },
     /// Download an image from a registry.
     Pull {
         /// NAME[:TAG|@DIGEST]
@@ -165,6 +191,7 @@ fn parse_share(s: &str) -> Result<FsShare, String> {
         tag: tag.to_owned(),
         host_dir: PathBuf::from(dir),
         read_only,
+        only: None,
     })
 }
 
@@ -261,6 +288,17 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot(args),
         Command::Host => Ok(host()),
         Command::Run(args) => run::run(args, cli.root),
+        Command::Start(args) => run::start(args, cli.root),
+        Command::Ps { all, quiet } => {
+            containers::open(cli.root).and_then(|s| containers::ps(&s, all, quiet))
+        }
+        Command::Rm {
+            force,
+            containers: list,
+        } => containers::open(cli.root).and_then(|s| containers::rm(&s, &list, force)),
+        Command::Diff { container } => {
+            containers::open(cli.root).and_then(|s| containers::diff(&s, &container))
+        }
         Command::Pull { image } => {
             images::open_store(cli.root).and_then(|s| images::pull(&s, &image))
         }
@@ -274,7 +312,10 @@ fn main() -> ExitCode {
         Command::Rmi {
             force,
             images: list,
-        } => images::open_store(cli.root).and_then(|s| images::rmi(&s, &list, force)),
+        } => images::open_store(cli.root).and_then(|s| {
+            let containers = husk_runtime::container::ContainerStore::open(s.root())?;
+            images::rmi(&s, &containers, &list, force)
+        }),
         Command::Tag { source, target } => {
             images::open_store(cli.root).and_then(|s| images::tag(&s, &source, &target))
         }

@@ -12,6 +12,26 @@ use husk_runtime::{ExitStatus, RunSpec, RuntimeError, SandboxConfig, Stdio, Term
 
 use crate::term;
 
+/// Where the guest comes from: shared by `husk run` and `husk start`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VmArgs {
+    /// The guest kernel (default: $HUSK_KERNEL, husk-vmlinux beside husk, or the newest built one).
+    #[arg(long, env = "HUSK_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// The guest agent (default: $HUSK_AGENT or husk-agent beside husk).
+    #[arg(long, env = "HUSK_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Copy the guest's kernel console to stderr.
+    #[arg(long)]
+    pub console: bool,
+    /// Extra guest kernel command-line arguments (debugging).
+    #[arg(long, default_value = "")]
+    pub kernel_args: String,
+    /// Seconds to wait for the guest to boot.
+    #[arg(long, default_value_t = 600)]
+    pub boot_timeout: u64,
+}
+
 /// `husk run` flags.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -19,14 +39,25 @@ pub struct RunArgs {
     /// is the command).
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// Assign a name to the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Remove the container (and its writable layer) when it exits.
+    #[arg(long)]
+    pub rm: bool,
     /// Overwrite the image's entrypoint ("" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,
-    /// Mount a host directory: HOST:CONTAINER[:ro].
+    /// Mount a host directory or file: HOST:CONTAINER[:ro].
     #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
+    /// Mount a fresh tmpfs on this container path (mode 1777, nosuid, nodev).
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
     /// How the root directory reaches the guest: virtiofs (shared read-only,
-    /// with a writable overlay in the guest) or initramfs (copied).
+    /// under the container's writable layer kept on the host) or initramfs
+    /// (copied; for debugging: the container's writes are not kept, as with
+    /// --rm).
     #[arg(long, value_enum, default_value_t = RootfsViaArg::Virtiofs)]
     pub rootfs_via: RootfsViaArg,
     /// Set an environment variable (NAME=VALUE, or NAME to copy it from here).
@@ -50,21 +81,8 @@ pub struct RunArgs {
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: u8,
-    /// The guest kernel (default: $HUSK_KERNEL, husk-vmlinux beside husk, or the newest built one).
-    #[arg(long, env = "HUSK_KERNEL")]
-    pub kernel: Option<PathBuf>,
-    /// The guest agent (default: $HUSK_AGENT or husk-agent beside husk).
-    #[arg(long, env = "HUSK_AGENT")]
-    pub agent: Option<PathBuf>,
-    /// Copy the guest's kernel console to stderr.
-    #[arg(long)]
-    pub console: bool,
-    /// Extra guest kernel command-line arguments (debugging).
-    #[arg(long, default_value = "")]
-    pub kernel_args: String,
-    /// Seconds to wait for the guest to boot.
-    #[arg(long, default_value_t = 600)]
-    pub boot_timeout: u64,
+    #[command(flatten)]
+    pub vm: VmArgs,
     /// IMAGE [COMMAND [ARG...]], or with --rootfs: COMMAND [ARG...].
     #[arg(
         trailing_var_arg = true,
@@ -72,6 +90,22 @@ pub struct RunArgs {
         value_name = "IMAGE [COMMAND]"
     )]
     pub args: Vec<String>,
+}
+
+/// `husk start` flags.
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    /// Attach stdout and stderr (always: husk has no daemon, so the
+    /// container runs in the foreground, as `docker start -a`).
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    /// Attach stdin.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// The container: name, id or id prefix.
+    pub container: String,
 }
 
 /// `--rootfs-via`.
@@ -212,89 +246,114 @@ fn image_spec(
     Ok(spec)
 }
 
-/// Runs the container; returns the exit code `husk run` exits with.
-pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let tty = args.tty && std::io::stdin().is_terminal();
-    let size = if tty { term::size(0) } else { None };
-    // The root directory and the process: from --rootfs, or from an image
-    // (pulled if it is not in the store), unpacked once and shared.
-    let mut _image_rootfs = None;
-    let (rootfs, spec) = match &args.rootfs {
-        Some(dir) => {
-            if !dir.is_dir() {
-                bail!("--rootfs {}: not a directory", dir.display());
-            }
-            if args.entrypoint.is_some() {
-                bail!("--entrypoint needs an image, not --rootfs");
-            }
-            (dir.clone(), build_spec(&args, size)?)
+/// The container's root directory and process, and the image lease that
+/// keeps its rootfs from being garbage collected while it runs.
+struct Root {
+    image: String,
+    image_id: Option<String>,
+    path: PathBuf,
+    spec: RunSpec,
+    _lease: Option<husk_image::Rootfs>,
+}
+
+fn resolve_root(
+    args: &RunArgs,
+    store: &husk_image::Store,
+    size: Option<TermSize>,
+) -> anyhow::Result<Root> {
+    if let Some(dir) = &args.rootfs {
+        if !dir.is_dir() {
+            bail!("--rootfs {}: not a directory", dir.display());
         }
-        None => {
-            let store = crate::images::open_store(store_root)?;
-            let name = &args.args[0];
-            let opts = husk_image::RegistryOptions::for_store(&store);
-            let image = husk_image::resolve_or_pull(
-                &store,
-                name,
-                &opts,
-                &husk_image::StderrProgress::new(),
-            )
-            .with_context(|| format!("cannot find or pull image {name}"))?;
-            let rootfs = store
-                .rootfs(&image, husk_image::UnpackLimits::default())
-                .with_context(|| format!("cannot unpack image {name}"))?;
-            let spec = image_spec(&args, &image, &rootfs.path, size)?;
-            let path = rootfs.path.clone();
-            _image_rootfs = Some(rootfs);
-            (path, spec)
+        if args.entrypoint.is_some() {
+            bail!("--entrypoint needs an image, not --rootfs");
         }
-    };
-    let kernel = find_kernel(args.kernel.clone())?;
-    let agent = find_agent(args.agent.clone())?;
-    let volumes = args
-        .volumes
-        .iter()
-        .map(|v| husk_runtime::Volume::parse(v).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    // Signals go to the container: block them here (before any thread
-    // starts, so every thread inherits the mask) and forward from one thread.
-    let (ctl_tx, ctl_rx) = mpsc::channel();
-    term::forward_signals(ctl_tx, tty)?;
-    let dir = sandbox_dir()?;
-    let config = SandboxConfig {
-        kernel,
-        agent,
-        rootfs: Some(rootfs),
-        rootfs_via: match args.rootfs_via {
-            RootfsViaArg::Virtiofs => husk_runtime::RootfsVia::VirtioFs,
-            RootfsViaArg::Initramfs => husk_runtime::RootfsVia::Initramfs,
-        },
-        volumes,
-        mem_size: args
-            .memory
-            .checked_mul(1 << 20)
-            .context("--memory is too large")?,
-        vcpus: args.cpus,
-        dir: dir.clone(),
-        boot_timeout: Duration::from_secs(args.boot_timeout),
-        cmdline_extra: args.kernel_args.clone(),
-        console_to_stderr: args.console,
-    };
+        let path =
+            std::fs::canonicalize(dir).with_context(|| format!("--rootfs {}", dir.display()))?;
+        return Ok(Root {
+            image: path.display().to_string(),
+            image_id: None,
+            path,
+            spec: build_spec(args, size)?,
+            _lease: None,
+        });
+    }
+    let name = &args.args[0];
+    let opts = husk_image::RegistryOptions::for_store(store);
+    let image = husk_image::resolve_or_pull(store, name, &opts, &husk_image::StderrProgress::new())
+        .with_context(|| format!("cannot find or pull image {name}"))?;
+    let rootfs = store
+        .rootfs(&image, husk_image::UnpackLimits::default())
+        .with_context(|| format!("cannot unpack image {name}"))?;
+    let spec = image_spec(args, &image, &rootfs.path, size)?;
+    Ok(Root {
+        image: name.clone(),
+        image_id: Some(image.id.to_string()),
+        path: rootfs.path.clone(),
+        spec,
+        _lease: Some(rootfs),
+    })
+}
+
+/// Exit code of `husk run`/`start` for a container's exit status.
+fn exit_code(status: ExitStatus) -> i32 {
+    match status {
+        ExitStatus::Code(c) => c,
+        ExitStatus::Signal(s) => 128 + s,
+    }
+}
+
+/// What runs one container's VM, for `run` and `start`.
+struct Launch {
+    interactive: bool,
+    /// The host terminal is a tty and the container has one.
+    tty: bool,
+}
+
+/// Boots the container's VM and runs its main process in the foreground;
+/// returns husk's exit code (Docker's: the process's, 125 for husk's own
+/// failures, 126/127 when the process cannot start) and records it.
+fn launch(
+    container: &mut husk_runtime::container::Container,
+    launch: Launch,
+    sandbox: SandboxConfig,
+    ctl_rx: mpsc::Receiver<husk_runtime::Control>,
+) -> anyhow::Result<ExitCode> {
+    let guard = container.begin().context("cannot start the container")?;
+    let mut spec = container.config.spec.clone();
+    if spec.tty {
+        spec.term_size = if launch.tty { term::size(0) } else { None };
+    }
     let stdio = Stdio {
-        stdin: args
+        stdin: launch
             .interactive
             .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
         stdout: Box::new(std::io::stdout()),
         stderr: Box::new(std::io::stderr()),
     };
-    let raw = if tty {
+    let raw = if launch.tty {
         term::RawMode::enter(0).ok()
     } else {
         None
     };
-    let result = husk_runtime::run(&config, spec, stdio, Some(ctl_rx));
+    let result = husk_runtime::run(&sandbox, spec, stdio, Some(ctl_rx));
     drop(raw);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&sandbox.dir);
+    let (code, err) = finish(result);
+    if let Err(e) = guard.finish(code) {
+        log::warn!("cannot record the container's exit: {e}");
+    }
+    match (code, err) {
+        (_, Some(e)) => Err(e),
+        (Some(c), None) => Ok(ExitCode::from(c.clamp(0, 255) as u8)),
+        (None, None) => Ok(ExitCode::from(125)),
+    }
+}
+
+/// The container's exit code (if it ran), or husk's error.
+fn finish(
+    result: Result<husk_runtime::RunOutcome, RuntimeError>,
+) -> (Option<i32>, Option<anyhow::Error>) {
     match result {
         Ok(o) => {
             log::info!(
@@ -303,23 +362,203 @@ pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCod
                 o.exec.first_output,
                 o.exec.total.as_secs_f64()
             );
-            let code = match o.status {
-                ExitStatus::Code(c) => c,
-                ExitStatus::Signal(s) => 128 + s,
-            };
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+            (Some(exit_code(o.status)), None)
         }
         // Docker's codes: 127 the command was not found, 126 it could not run.
         Err(RuntimeError::Start(msg)) => {
             eprintln!("husk: error: cannot start the container process: {msg}");
-            Ok(ExitCode::from(if msg.contains("No such file") {
-                127
-            } else {
-                126
-            }))
+            (
+                Some(if msg.contains("No such file") {
+                    127
+                } else {
+                    126
+                }),
+                None,
+            )
         }
-        Err(e) => Err(e).context("cannot run the container"),
+        Err(e) => (
+            None,
+            Some(anyhow::Error::new(e).context("cannot run the container")),
+        ),
     }
+}
+
+fn sandbox_config(
+    vm: &VmArgs,
+    config: &husk_runtime::container::ContainerConfig,
+    upper: Option<PathBuf>,
+    rootfs_via: husk_runtime::RootfsVia,
+) -> anyhow::Result<SandboxConfig> {
+    Ok(SandboxConfig {
+        kernel: find_kernel(vm.kernel.clone())?,
+        agent: find_agent(vm.agent.clone())?,
+        rootfs: Some(config.rootfs.clone()),
+        rootfs_via,
+        volumes: config.volumes.clone(),
+        upper,
+        tmpfs: config.tmpfs.clone(),
+        mem_size: config.mem_size,
+        vcpus: config.vcpus,
+        dir: sandbox_dir()?,
+        boot_timeout: Duration::from_secs(vm.boot_timeout),
+        cmdline_extra: vm.kernel_args.clone(),
+        console_to_stderr: vm.console,
+    })
+}
+
+/// `husk run`: creates a container and runs it; returns the exit code
+/// `husk run` exits with.
+pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let tty = args.tty && std::io::stdin().is_terminal();
+    let size = if tty { term::size(0) } else { None };
+    let store = crate::images::open_store(store_root)?;
+    let containers = husk_runtime::container::ContainerStore::open(store.root())
+        .context("cannot open the container store")?;
+    if let Some(n) = &args.name
+        && !husk_runtime::container::valid_name(n)
+    {
+        bail!("invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
+    }
+    // The root directory and the process: from --rootfs, or from an image
+    // (pulled if it is not in the store), unpacked once and shared.
+    let root = resolve_root(&args, &store, size)?;
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| husk_runtime::Volume::parse(v).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for t in &args.tmpfs {
+        husk_runtime::check_guest_path(t).map_err(|e| anyhow::anyhow!("--tmpfs {t}: {e}"))?;
+    }
+    let config = husk_runtime::container::ContainerConfig {
+        image: root.image.clone(),
+        image_id: root.image_id.clone(),
+        rootfs: root.path.clone(),
+        spec: root.spec.clone(),
+        volumes,
+        tmpfs: args.tmpfs.clone(),
+        mem_size: args
+            .memory
+            .checked_mul(1 << 20)
+            .context("--memory is too large")?,
+        vcpus: args.cpus,
+    };
+    // Find the kernel and agent before creating anything.
+    find_kernel(args.vm.kernel.clone())?;
+    find_agent(args.vm.agent.clone())?;
+    // Signals go to the container: block them here (before any thread
+    // starts, so every thread inherits the mask) and forward from one thread.
+    let (ctl_tx, ctl_rx) = mpsc::channel();
+    term::forward_signals(ctl_tx, tty)?;
+    let run_launch = Launch {
+        interactive: args.interactive,
+        tty,
+    };
+    if let RootfsViaArg::Initramfs = args.rootfs_via {
+        // Debugging path: no container is kept.
+        let sandbox = sandbox_config(&args.vm, &config, None, husk_runtime::RootfsVia::Initramfs)?;
+        let mut spec = config.spec.clone();
+        spec.term_size = size;
+        let stdio = Stdio {
+            stdin: args
+                .interactive
+                .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+        };
+        let raw = if tty {
+            term::RawMode::enter(0).ok()
+        } else {
+            None
+        };
+        let result = husk_runtime::run(&sandbox, spec, stdio, Some(ctl_rx));
+        drop(raw);
+        let _ = std::fs::remove_dir_all(&sandbox.dir);
+        return match finish(result) {
+            (_, Some(e)) => Err(e),
+            (c, None) => Ok(ExitCode::from(c.unwrap_or(125).clamp(0, 255) as u8)),
+        };
+    }
+    let mut container = containers
+        .create(args.name.as_deref(), config)
+        .context("cannot create the container")?;
+    log::info!("container {} ({})", container.name, container.short_id());
+    let sandbox = sandbox_config(
+        &args.vm,
+        &container.config,
+        Some(container.rw_dir()),
+        husk_runtime::RootfsVia::VirtioFs,
+    )?;
+    let result = launch(&mut container, run_launch, sandbox, ctl_rx);
+    if args.rm {
+        // Reload: the state changed while it ran.
+        match containers.find(&container.id) {
+            Ok(c) => {
+                if let Err(e) = containers.remove(&c, true) {
+                    eprintln!("husk: error: cannot remove container {}: {e}", c.name);
+                }
+            }
+            Err(e) => eprintln!(
+                "husk: error: cannot remove container {}: {e}",
+                container.name
+            ),
+        }
+    }
+    drop(root);
+    result
+}
+
+/// `husk start`: runs a stopped container again, on the writable layer it
+/// left.
+pub fn start(args: StartArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let store = crate::images::open_store(store_root)?;
+    let containers = husk_runtime::container::ContainerStore::open(store.root())
+        .context("cannot open the container store")?;
+    let mut container = containers.find(&args.container)?;
+    // The image's rootfs again, with a lease while the container runs.
+    let _lease = match &container.config.image_id {
+        Some(id) => {
+            let image = store.resolve(id).with_context(|| {
+                format!(
+                    "the image of container {} ({}, {id}) is no longer in the store; remove the container with: husk rm {}",
+                    container.name, container.config.image, container.name
+                )
+            })?;
+            let rootfs = store
+                .rootfs(&image, husk_image::UnpackLimits::default())
+                .with_context(|| format!("cannot unpack image {}", container.config.image))?;
+            container.config.rootfs = rootfs.path.clone();
+            Some(rootfs)
+        }
+        None => {
+            if !container.config.rootfs.is_dir() {
+                bail!(
+                    "the root directory of container {} ({}) is gone",
+                    container.name,
+                    container.config.rootfs.display()
+                );
+            }
+            None
+        }
+    };
+    let tty = container.config.spec.tty && std::io::stdin().is_terminal();
+    let (ctl_tx, ctl_rx) = mpsc::channel();
+    term::forward_signals(ctl_tx, tty)?;
+    let sandbox = sandbox_config(
+        &args.vm,
+        &container.config,
+        Some(container.rw_dir()),
+        husk_runtime::RootfsVia::VirtioFs,
+    )?;
+    launch(
+        &mut container,
+        Launch {
+            interactive: args.interactive,
+            tty,
+        },
+        sandbox,
+        ctl_rx,
+    )
 }
 
 fn sandbox_dir() -> anyhow::Result<PathBuf> {

@@ -114,3 +114,60 @@ fn pack_initramfs_writes_a_newc_archive() {
     );
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// Container commands on bad input: unknown containers, bad names, bad
+/// volumes and tmpfs paths are refused before anything is created or booted.
+#[test]
+fn container_commands_refuse_bad_input() {
+    let root = scratch("containers");
+    let r = root.to_str().unwrap();
+    let o = husk(&["--root", r, "rm", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no such container: nosuch"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk(&["--root", r, "start", "nosuch"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("no such container: nosuch"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk(&["--root", r, "diff", "nosuch"]);
+    assert_eq!(o.status.code(), Some(125));
+    let o = husk(&["--root", r, "ps", "-a"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "CONTAINER ID   IMAGE   COMMAND   CREATED   STATUS   NAMES\n"
+    );
+    let rootfs = scratch("containers-rootfs");
+    let rf = rootfs.to_str().unwrap();
+    for (args, want) in [
+        (vec!["--name", "bad name!"], "invalid container name"),
+        (
+            vec!["-v", "/dev/null:/x"],
+            "neither a directory nor a regular file",
+        ),
+        (
+            vec!["-v", "/tmp:/a,b"],
+            "must not contain spaces, commas or colons",
+        ),
+        (vec!["--tmpfs", "relative"], "--tmpfs relative"),
+        (vec!["--tmpfs", "/a/../b"], "must not contain '..'"),
+    ] {
+        let mut a = vec!["--root", r, "run", "--rootfs", rf];
+        a.extend_from_slice(&args);
+        a.extend_from_slice(&["--", "true"]);
+        let o = husk(&a);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    // Nothing was created.
+    let o = husk(&["--root", r, "ps", "-a", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "");
+    std::fs::remove_dir_all(root).unwrap();
+    std::fs::remove_dir_all(rootfs).unwrap();
+}

@@ -10,7 +10,10 @@ use husk_e2e::{agent_binary, busybox_rootfs, guest_kernel, require_kvm};
 
 fn husk_run(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
-    c.arg("run")
+    c.arg("--root")
+        .arg(husk_e2e::scratch("run-e2e-store"))
+        .arg("run")
+        .arg("--rm")
         .arg("--rootfs")
         .arg(busybox_rootfs())
         .arg("--kernel")
@@ -73,10 +76,14 @@ fn sigterm_reaches_the_container() {
     assert!(t.elapsed() < Duration::from_secs(120));
 }
 
-/// The image workflow, offline: `husk import` a root directory, `husk images`
-/// lists it, `husk run IMAGE` runs its default command or the one given; a
-/// container killed by SIGKILL exits 137; a second container of the image
-/// does not see the first one's writes.
+/// The image and container workflow, offline: `husk import` a root
+/// directory, `husk images` lists it, `husk run IMAGE` runs its default
+/// command or the one given; a container killed by SIGKILL exits 137. The
+/// container's writes go to its own writable layer on the host, never to
+/// the image's rootfs: a second container of the image does not see them,
+/// `husk start` runs the first one again on them, `husk diff` lists them,
+/// the image cannot be removed while the container exists, and `husk rm`
+/// deletes them; `--rm` leaves nothing behind.
 #[test]
 fn import_an_image_and_run_it() {
     require_kvm();
@@ -87,7 +94,7 @@ fn import_an_image_and_run_it() {
         c
     };
     let rootfs = busybox_rootfs();
-    let cmd = r#"["/bin/sh","-c","echo default; touch /marker; kill -9 $$"]"#;
+    let cmd = r#"["/bin/sh","-c","test -e /marker && echo kept || echo default; touch /marker; kill -9 $$"]"#;
     let out = husk(&[
         "import",
         rootfs.to_str().unwrap(),
@@ -114,38 +121,93 @@ fn import_an_image_and_run_it() {
 
     let kernel = guest_kernel();
     let agent = agent_binary();
+    let vm = [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--agent",
+        agent.to_str().unwrap(),
+    ];
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--agent",
-            agent.to_str().unwrap(),
-            "-m",
-            "128",
-            "e2e-busybox:1",
-        ];
+        let mut args = vec!["run"];
+        args.extend_from_slice(&vm);
+        args.extend_from_slice(&["-m", "128"]);
         args.extend_from_slice(extra);
         husk(&args).output().unwrap()
     };
-    let out = run(&[]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "default\n");
-    assert_eq!(
-        out.status.code(),
-        Some(137),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let out = run(&["--name", "first", "e2e-busybox:1"]);
+    assert_eq!(text(&out.stdout), "default\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    // The container is kept, exited, with its write in its layer on the host.
+    let out = husk(&["ps", "-a"]).output().unwrap();
+    let ps = text(&out.stdout);
+    let line = ps
+        .lines()
+        .find(|l| l.ends_with("first"))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(
+        line.contains("e2e-busybox:1") && line.contains("Exited (137)"),
+        "{ps}"
     );
-    // A second container of the same image does not see the first one's
-    // writes (each has its own overlay over the shared, unchanged rootfs).
-    let out = run(&["sh", "-c", "test -e /marker && echo seen || echo clean"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "clean\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0));
+    let id = line.split_whitespace().next().unwrap().to_string();
+    let layers: Vec<_> = std::fs::read_dir(store.join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&id))
+        .collect();
+    assert_eq!(layers.len(), 1, "{layers:?}");
+    let marker = layers[0].join("rw/upper/marker");
+    assert!(marker.exists(), "the write is not in the container's layer");
     assert!(!rootfs.join("marker").exists());
+    let out = husk(&["diff", "first"]).output().unwrap();
+    assert_eq!(text(&out.stdout), "A /marker\n", "{}", text(&out.stderr));
+
+    // A second container of the same image does not see the first one's
+    // writes (each has its own overlay over the shared, unchanged rootfs),
+    // and with --rm leaves no container behind.
+    let out = run(&[
+        "--rm",
+        "e2e-busybox:1",
+        "sh",
+        "-c",
+        "test -e /marker && echo seen || echo clean",
+    ]);
+    assert_eq!(text(&out.stdout), "clean\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+    let out = husk(&["ps", "-a", "-q"]).output().unwrap();
+    assert_eq!(text(&out.stdout), format!("{id}\n"));
+
+    // The image stays while a container uses it.
+    let out = husk(&["rmi", "e2e-busybox:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("container"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // `husk start` runs the container again on its writable layer.
+    let mut args = vec!["start", "-a"];
+    args.extend_from_slice(&vm);
+    args.push(&id);
+    let out = husk(&args).output().unwrap();
+    assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(137));
+
+    // `husk rm` deletes the container and its writable layer.
+    let out = husk(&["rm", "first"]).output().unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "first\n".into())
+    );
+    assert!(!layers[0].exists() && !marker.exists());
+    let out = husk(&["ps", "-a", "-q"]).output().unwrap();
+    assert_eq!(text(&out.stdout), "");
+    let out = husk(&["rm", "first"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no such container"));
+    assert!(!rootfs.join("marker").exists());
+    let out = husk(&["rmi", "e2e-busybox:1"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let _ = std::fs::remove_dir_all(&store);
 }

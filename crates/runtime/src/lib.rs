@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod container;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -81,8 +83,16 @@ pub struct SandboxConfig {
     pub rootfs: Option<PathBuf>,
     /// How the root directory reaches the guest.
     pub rootfs_via: RootfsVia,
-    /// Host directories shared into the container.
+    /// Host directories and files shared into the container.
     pub volumes: Vec<Volume>,
+    /// The container's writable layer on the host, used with
+    /// [`RootfsVia::VirtioFs`]: shared read-write (tag `upper`), the guest's
+    /// overlay keeps its upper and work directories in it, so the
+    /// container's writes outlive the VM. `None`: the upper layer is guest
+    /// memory and goes with the VM.
+    pub upper: Option<PathBuf>,
+    /// Paths in the container that get a fresh tmpfs (`--tmpfs`).
+    pub tmpfs: Vec<String>,
     /// Guest memory in bytes.
     pub mem_size: u64,
     /// vCPUs.
@@ -101,8 +111,8 @@ pub struct SandboxConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RootfsVia {
     /// A read-only virtio-fs share (tag `rootfs`), never changed; the
-    /// container writes to an overlay whose upper layer is guest memory, and
-    /// which goes with the VM.
+    /// container writes to an overlay whose upper layer is
+    /// [`SandboxConfig::upper`] on the host, or guest memory.
     #[default]
     VirtioFs,
     /// Copied into the initramfs (slow to unpack where the guest kernel is
@@ -110,10 +120,11 @@ pub enum RootfsVia {
     Initramfs,
 }
 
-/// A host directory mounted into the container (`-v HOST:GUEST[:ro]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A host directory or file mounted into the container
+/// (`-v HOST:GUEST[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Volume {
-    /// The host directory.
+    /// The host directory or regular file (canonical).
     pub host: PathBuf,
     /// Where it appears in the container (absolute).
     pub guest: String,
@@ -139,21 +150,12 @@ impl Volume {
                 ));
             }
         };
-        if !guest.starts_with('/') || guest == "/" || guest.split('/').any(|c| c == "..") {
-            return Err(format!(
-                "invalid volume {spec:?}: the container path must be absolute, not / and without '..'"
-            ));
-        }
-        if guest.chars().any(|c| c.is_whitespace() || c == ',') {
-            return Err(format!(
-                "invalid volume {spec:?}: the container path must not contain spaces or commas"
-            ));
-        }
+        check_guest_path(guest).map_err(|e| format!("invalid volume {spec:?}: {e}"))?;
         let host =
             std::fs::canonicalize(host).map_err(|e| format!("volume {spec:?}: {host}: {e}"))?;
-        if !host.is_dir() {
+        if !host.is_dir() && !host.is_file() {
             return Err(format!(
-                "volume {spec:?}: {} is not a directory (file volumes are not supported yet)",
+                "volume {spec:?}: {} is neither a directory nor a regular file",
                 host.display()
             ));
         }
@@ -163,6 +165,24 @@ impl Volume {
             read_only,
         })
     }
+}
+
+/// Checks a path in the container that husk passes to the agent on the
+/// kernel command line: absolute, not `/`, no `..`, no spaces or commas.
+pub fn check_guest_path(guest: &str) -> Result<(), String> {
+    if !guest.starts_with('/') || guest.trim_end_matches('/').is_empty() {
+        return Err("the container path must be absolute and not /".into());
+    }
+    if guest.split('/').any(|c| c == "..") {
+        return Err("the container path must not contain '..'".into());
+    }
+    if guest
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == ':')
+    {
+        return Err("the container path must not contain spaces, commas or colons".into());
+    }
+    Ok(())
 }
 
 /// Where a process's streams come from and go to.
@@ -282,24 +302,49 @@ impl Sandbox {
                     tag: "rootfs".into(),
                     host_dir: root.clone(),
                     read_only: true,
+                    only: None,
                 });
                 args.push("husk.rootfs=virtiofs".into());
+                if let Some(upper) = &config.upper {
+                    fs.push(FsShare {
+                        tag: "upper".into(),
+                        host_dir: upper.clone(),
+                        read_only: false,
+                        only: None,
+                    });
+                    args.push("husk.upper=virtiofs".into());
+                }
                 None
             }
             (root, _) => root.as_deref(),
         };
         for (i, v) in config.volumes.iter().enumerate() {
             let tag = format!("vol{i}");
-            args.push(format!(
-                "husk.volume={tag}:{}:{}",
-                v.guest,
-                if v.read_only { "ro" } else { "rw" }
-            ));
+            let mode = if v.read_only { "ro" } else { "rw" };
+            // A file is shared as its directory with only that entry
+            // visible; the agent bind-mounts it onto the container path.
+            let file = std::fs::metadata(&v.host).map_err(prep(&v.host))?.is_file();
+            let (host_dir, only) = match (file, v.host.parent(), v.host.file_name()) {
+                (true, Some(dir), Some(name)) => (dir.to_owned(), Some(name.to_owned())),
+                _ => (v.host.clone(), None),
+            };
+            args.push(if only.is_some() {
+                format!("husk.volume={tag}:{}:{mode}:file", v.guest)
+            } else {
+                format!("husk.volume={tag}:{}:{mode}", v.guest)
+            });
             fs.push(FsShare {
                 tag,
-                host_dir: v.host.clone(),
+                host_dir,
                 read_only: v.read_only,
+                only,
             });
+        }
+        for t in &config.tmpfs {
+            check_guest_path(t).map_err(|e| {
+                prep(Path::new(t))(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
+            args.push(format!("husk.tmpfs={t}"));
         }
         args.push(config.cmdline_extra.clone());
         let bytes = build_initramfs(&config.agent, packed_root)?;
@@ -599,6 +644,9 @@ mod tests {
         assert_eq!((v.guest.as_str(), v.read_only), ("/data", false));
         let v = Volume::parse(&format!("{}:/data/:ro", tmp.display())).unwrap();
         assert_eq!((v.guest.as_str(), v.read_only), ("/data", true));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let v = Volume::parse(&format!("{}:/etc/x.conf:ro", file.path().display())).unwrap();
+        assert_eq!(v.host, std::fs::canonicalize(file.path()).unwrap());
         for bad in [
             "nocolon",
             "/tmp:relative",
@@ -606,6 +654,8 @@ mod tests {
             "/tmp:/a/../b",
             "/tmp:/x:rx",
             "/tmp:/a b",
+            "/tmp:/a:b:ro",
+            "/dev/null:/x",
             "/nonexistent-husk:/x",
             "/tmp:/x:ro:extra",
         ] {

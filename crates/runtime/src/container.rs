@@ -1,0 +1,667 @@
+//! Containers that outlive their microVM: `husk run` without `--rm` leaves
+//! one behind, `husk start` runs it again on the same writable layer, `husk
+//! ps -a` lists them and `husk rm` removes them, as with Docker.
+//!
+//! A container is a directory `<root>/containers/<id>/`:
+//!
+//! * `config.json`: what to run and on what (the process, the image's id and
+//!   unpacked rootfs, volumes, memory, vCPUs), its name and creation time;
+//! * `state.json`: created, running (with the pid of the `husk` process that
+//!   holds its VM) or exited (with the exit code), written atomically;
+//! * `running.lock`: locked (`flock`) by the `husk` process running the
+//!   container, so a crashed `husk` leaves a container that reads as exited
+//!   rather than one stuck "running", and two `husk start`s of one container
+//!   cannot overlap;
+//! * `rw/upper` and `rw/work`: the container's writable layer. The guest
+//!   mounts `rw/` over virtio-fs (read-write, tag `upper`) and puts its
+//!   overlay's upper and work directories there, so what the container
+//!   writes is kept on the host until `husk rm`. The image's rootfs below is
+//!   shared read-only by every container of the image and never changes.
+//!
+//! The store knows nothing about images: the caller passes the rootfs
+//! directory and the image's id and keeps the image's rootfs lease while the
+//! container runs.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use husk_protocol::RunSpec;
+use rustix::fs::FlockOperation;
+use serde::{Deserialize, Serialize};
+
+use crate::Volume;
+
+/// Errors of the container store.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// A file or directory of the store could not be used.
+    #[error("cannot {what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A container's files are not what husk wrote.
+    #[error("container record {path} is corrupt")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No container has that id, id prefix or name.
+    #[error("no such container: {0}")]
+    NotFound(String),
+    /// An id prefix names several containers.
+    #[error("multiple containers match {0:?}: give more of the id")]
+    Ambiguous(String),
+    /// The name is taken or malformed.
+    #[error("{0}")]
+    BadName(String),
+    /// The container is running and `force` was not given.
+    #[error(
+        "cannot remove container {0}: it is running (stop it, or use --force to kill and remove it)"
+    )]
+    Running(String),
+    /// The container is already running (`husk start` of a running one).
+    #[error("container {0} is already running")]
+    AlreadyRunning(String),
+}
+
+fn io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
+    move |source| ContainerError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a container runs, fixed when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// The image as the user named it (or the `--rootfs` directory).
+    pub image: String,
+    /// The image's id (`sha256:…`), or `None` for a `--rootfs` container.
+    pub image_id: Option<String>,
+    /// The read-only root directory under the container's writable layer.
+    pub rootfs: PathBuf,
+    /// The main process.
+    pub spec: RunSpec,
+    /// Host paths mounted into the container.
+    pub volumes: Vec<Volume>,
+    /// Paths mounted as fresh tmpfs (`--tmpfs`).
+    pub tmpfs: Vec<String>,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+}
+
+/// A container's record: identity plus configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Record {
+    id: String,
+    name: String,
+    /// Seconds since the epoch.
+    created: u64,
+    config: ContainerConfig,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Never started.
+    Created,
+    /// A `husk` process is running it.
+    Running,
+    /// Its main process has exited (or the `husk` running it died).
+    Exited,
+}
+
+/// A container's state.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// Created, running or exited.
+    pub status: Status,
+    /// The `husk` process running it.
+    pub pid: Option<u32>,
+    /// The main process's exit code (128+N for signal N); `None` if it is
+    /// unknown (husk itself failed or was killed).
+    pub exit_code: Option<i32>,
+    /// Seconds since the epoch.
+    pub started_at: Option<u64>,
+    /// Seconds since the epoch.
+    pub finished_at: Option<u64>,
+}
+
+/// A container as `husk ps` shows it.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// 64 hex digits.
+    pub id: String,
+    /// Its unique name.
+    pub name: String,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// What it runs.
+    pub config: ContainerConfig,
+    /// Its state (running only if a `husk` process really holds it).
+    pub state: State,
+    dir: PathBuf,
+}
+
+impl Container {
+    /// The first 12 digits of the id, as Docker shows it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..12]
+    }
+
+    /// The directory shared read-write with the guest: the writable layer's
+    /// `upper/` and overlay's `work/` are inside.
+    pub fn rw_dir(&self) -> PathBuf {
+        self.dir.join("rw")
+    }
+
+    /// The container's writable layer on the host (the overlay's upper
+    /// directory): what the container created or changed.
+    pub fn upper_dir(&self) -> PathBuf {
+        self.dir.join("rw/upper")
+    }
+
+    /// A directory for the running VM's socket and console log.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Marks the container running in this process, for as long as the
+    /// returned guard lives; it fails if another process runs it.
+    pub fn begin(&mut self) -> Result<RunGuard, ContainerError> {
+        let lock_path = self.dir.join("running.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
+        match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(ContainerError::AlreadyRunning(self.name.clone()));
+            }
+            Err(e) => return Err(io("lock", &lock_path)(e.into())),
+        }
+        self.state = State {
+            status: Status::Running,
+            pid: Some(std::process::id()),
+            exit_code: None,
+            started_at: Some(now()),
+            finished_at: None,
+        };
+        write_json(&self.state_path(), &self.state)?;
+        Ok(RunGuard {
+            state_path: self.state_path(),
+            state: self.state,
+            _lock: lock,
+        })
+    }
+}
+
+/// Held while a container runs; [`RunGuard::finish`] records the exit.
+/// Dropped without `finish`, the container reads as exited with an unknown
+/// code.
+#[derive(Debug)]
+pub struct RunGuard {
+    state_path: PathBuf,
+    state: State,
+    _lock: File,
+}
+
+impl RunGuard {
+    /// Records how the main process ended (`None`: unknown).
+    pub fn finish(mut self, exit_code: Option<i32>) -> Result<(), ContainerError> {
+        self.state.exit_code = exit_code;
+        self.record_exit()
+    }
+
+    fn record_exit(&mut self) -> Result<(), ContainerError> {
+        self.state.status = Status::Exited;
+        self.state.pid = None;
+        self.state.finished_at = Some(now());
+        write_json(&self.state_path, &self.state)
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if self.state.status == Status::Running {
+            let _ = self.record_exit();
+        }
+    }
+}
+
+/// The containers under a store root.
+#[derive(Debug, Clone)]
+pub struct ContainerStore {
+    dir: PathBuf,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ContainerError> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| ContainerError::Corrupt {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("write", &tmp))?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("write", path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ContainerError> {
+    let bytes = std::fs::read(path).map_err(io("read", path))?;
+    serde_json::from_slice(&bytes).map_err(|e| ContainerError::Corrupt {
+        path: path.to_owned(),
+        source: e,
+    })
+}
+
+/// A random 256-bit id in hex.
+fn new_id() -> Result<String, ContainerError> {
+    let mut bytes = [0u8; 32];
+    let path = Path::new("/dev/urandom");
+    std::io::Read::read_exact(&mut File::open(path).map_err(io("open", path))?, &mut bytes)
+        .map_err(io("read", path))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "clever", "eager", "fervent", "gentle", "happy", "jolly", "keen", "lucid",
+    "modest", "nimble", "quiet", "serene", "sharp", "stoic", "tender", "vigilant", "wise", "zen",
+];
+const NAMES: &[&str] = &[
+    "babbage", "curie", "dijkstra", "euler", "feynman", "gauss", "hopper", "hypatia", "knuth",
+    "lamport", "liskov", "lovelace", "noether", "pascal", "ritchie", "shannon", "thompson",
+    "torvalds", "turing", "wozniak",
+];
+
+/// Docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name.len() <= 128
+}
+
+impl ContainerStore {
+    /// Opens (creating if needed) `<root>/containers`.
+    pub fn open(root: &Path) -> Result<Self, ContainerError> {
+        let dir = root.join("containers");
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        Ok(Self { dir })
+    }
+
+    /// Creates a container (its writable layer empty). `name`: as given by
+    /// `--name`, or `None` for a generated one.
+    pub fn create(
+        &self,
+        name: Option<&str>,
+        config: ContainerConfig,
+    ) -> Result<Container, ContainerError> {
+        // One creator at a time, so names stay unique.
+        let lock_path = self.dir.join(".create.lock");
+        let lock = File::create(&lock_path).map_err(io("open", &lock_path))?;
+        rustix::fs::flock(&lock, FlockOperation::LockExclusive)
+            .map_err(|e| io("lock", &lock_path)(e.into()))?;
+        let existing = self.list()?;
+        let id = new_id()?;
+        let name = match name {
+            Some(n) => {
+                if !valid_name(n) {
+                    return Err(ContainerError::BadName(format!(
+                        "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                if let Some(c) = existing.iter().find(|c| c.name == n) {
+                    return Err(ContainerError::BadName(format!(
+                        "the container name {n:?} is already in use by container {}; remove it (husk rm {n}) or choose another name",
+                        c.short_id()
+                    )));
+                }
+                n.to_owned()
+            }
+            None => {
+                let seed = u64::from_str_radix(&id[..16], 16).unwrap_or(0);
+                let mut n = format!(
+                    "{}_{}",
+                    ADJECTIVES[(seed % ADJECTIVES.len() as u64) as usize],
+                    NAMES[((seed >> 8) % NAMES.len() as u64) as usize]
+                );
+                let mut i = 1;
+                while existing.iter().any(|c| c.name == n) {
+                    i += 1;
+                    n = format!(
+                        "{}_{}{i}",
+                        ADJECTIVES[(seed % ADJECTIVES.len() as u64) as usize],
+                        NAMES[((seed >> 8) % NAMES.len() as u64) as usize]
+                    );
+                }
+                n
+            }
+        };
+        let dir = self.dir.join(&id);
+        let tmp = self.dir.join(format!(".tmp-{id}"));
+        std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("create", &tmp))?;
+        for sub in ["rw", "rw/upper", "rw/work", "run"] {
+            let p = tmp.join(sub);
+            std::fs::create_dir(&p).map_err(io("create", &p))?;
+        }
+        // The root of the writable layer is the container's "/": it must
+        // not be more restrictive than the image's.
+        let upper = tmp.join("rw/upper");
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("create", &upper))?;
+        let record = Record {
+            id: id.clone(),
+            name: name.clone(),
+            created: now(),
+            config,
+        };
+        let state = State {
+            status: Status::Created,
+            pid: None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+        };
+        write_json(&tmp.join("config.json"), &record)?;
+        write_json(&tmp.join("state.json"), &state)?;
+        std::fs::rename(&tmp, &dir).map_err(io("create", &dir))?;
+        drop(lock);
+        Ok(Container {
+            id,
+            name,
+            created: record.created,
+            config: record.config,
+            state,
+            dir,
+        })
+    }
+
+    fn load(&self, dir: PathBuf) -> Result<Container, ContainerError> {
+        let record: Record = read_json(&dir.join("config.json"))?;
+        let mut state: State = read_json(&dir.join("state.json"))?;
+        if state.status == Status::Running && !is_locked(&dir.join("running.lock")) {
+            // The husk that ran it is gone without recording the end.
+            state.status = Status::Exited;
+            state.pid = None;
+        }
+        Ok(Container {
+            id: record.id,
+            name: record.name,
+            created: record.created,
+            config: record.config,
+            state,
+            dir,
+        })
+    }
+
+    /// Every container, newest first. Half-created or unreadable ones are
+    /// skipped with a warning.
+    pub fn list(&self) -> Result<Vec<Container>, ContainerError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let entry = entry.map_err(io("list", &self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            match self.load(entry.path()) {
+                Ok(c) => out.push(c),
+                Err(e) => log::warn!("skipping container {name}: {e}"),
+            }
+        }
+        out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Finds a container by full id, unique id prefix or name.
+    pub fn find(&self, query: &str) -> Result<Container, ContainerError> {
+        let all = self.list()?;
+        if let Some(c) = all.iter().find(|c| c.id == query || c.name == query) {
+            return Ok(c.clone());
+        }
+        let hits: Vec<&Container> =
+            if !query.is_empty() && query.bytes().all(|b| b.is_ascii_hexdigit()) {
+                all.iter().filter(|c| c.id.starts_with(query)).collect()
+            } else {
+                Vec::new()
+            };
+        match hits.as_slice() {
+            [c] => Ok((*c).clone()),
+            [] => Err(ContainerError::NotFound(query.to_owned())),
+            _ => Err(ContainerError::Ambiguous(query.to_owned())),
+        }
+    }
+
+    /// Removes a container and its writable layer. A running one needs
+    /// `force`: then the `husk` process running it is killed first.
+    pub fn remove(&self, container: &Container, force: bool) -> Result<(), ContainerError> {
+        if container.state.status == Status::Running {
+            if !force {
+                return Err(ContainerError::Running(container.name.clone()));
+            }
+            if let Some(pid) = container.state.pid {
+                kill_runner(pid, &container.dir.join("running.lock"));
+            }
+        }
+        // Rename first so a half-removed container never lists.
+        let doomed = self.dir.join(format!(".rm-{}", container.id));
+        std::fs::rename(&container.dir, &doomed).map_err(io("remove", &container.dir))?;
+        remove_tree(&doomed).map_err(io("remove", &doomed))
+    }
+}
+
+fn is_locked(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&f, FlockOperation::NonBlockingLockShared),
+        Err(rustix::io::Errno::WOULDBLOCK)
+    )
+}
+
+/// Kills the `husk` process running a container and waits (up to 10 s) for
+/// its lock to go.
+fn kill_runner(pid: u32, lock: &Path) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while is_locked(lock) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Removes a directory tree the guest wrote: it may hold directories
+/// without write or search permission (for husk's user), which are opened
+/// up first. Symlinks are removed, never followed.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            open_up(path);
+            std::fs::remove_dir_all(path)
+        }
+    }
+}
+
+fn open_up(dir: &Path) {
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ContainerConfig {
+        ContainerConfig {
+            image: "busybox".into(),
+            image_id: Some("sha256:abc".into()),
+            rootfs: "/nonexistent".into(),
+            spec: RunSpec::new(["sh", "-c", "true"]).main(),
+            volumes: Vec::new(),
+            tmpfs: vec!["/run".into()],
+            mem_size: 256 << 20,
+            vcpus: 1,
+        }
+    }
+
+    #[test]
+    fn create_find_run_and_remove() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContainerStore::open(root.path()).unwrap();
+        let a = store.create(Some("web"), config()).unwrap();
+        let b = store.create(None, config()).unwrap();
+        assert_eq!(a.id.len(), 64);
+        assert_ne!(a.id, b.id);
+        assert!(valid_name(&b.name), "{}", b.name);
+        assert!(a.upper_dir().is_dir() && a.rw_dir().join("work").is_dir());
+        assert_eq!(a.state.status, Status::Created);
+        // Found by name, full id and prefix; the config round-trips.
+        assert_eq!(store.find("web").unwrap().id, a.id);
+        assert_eq!(store.find(&a.id).unwrap().id, a.id);
+        assert_eq!(store.find(&a.id[..12]).unwrap().config, config());
+        assert!(matches!(
+            store.find("nope"),
+            Err(ContainerError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.create(Some("web"), config()),
+            Err(ContainerError::BadName(_))
+        ));
+        assert!(matches!(
+            store.create(Some("-x"), config()),
+            Err(ContainerError::BadName(_))
+        ));
+        assert_eq!(store.list().unwrap().len(), 2);
+
+        // Running: the lock says so; a second start and rm without force fail.
+        let mut a = store.find("web").unwrap();
+        let guard = a.begin().unwrap();
+        let running = store.find("web").unwrap();
+        assert_eq!(running.state.status, Status::Running);
+        assert_eq!(running.state.pid, Some(std::process::id()));
+        assert!(matches!(
+            store.find("web").unwrap().begin(),
+            Err(ContainerError::AlreadyRunning(_))
+        ));
+        assert!(matches!(
+            store.remove(&running, false),
+            Err(ContainerError::Running(_))
+        ));
+        guard.finish(Some(3)).unwrap();
+        let done = store.find("web").unwrap();
+        assert_eq!(
+            (done.state.status, done.state.exit_code),
+            (Status::Exited, Some(3))
+        );
+
+        // The writable layer goes with the container, whatever the guest
+        // left in it.
+        let upper = done.upper_dir();
+        std::fs::create_dir_all(upper.join("locked/deeper")).unwrap();
+        std::fs::write(upper.join("locked/deeper/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", upper.join("link")).unwrap();
+        std::fs::set_permissions(upper.join("locked"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        store.remove(&done, false).unwrap();
+        assert!(!upper.exists());
+        assert!(Path::new("/etc/passwd").exists());
+        assert!(matches!(
+            store.find("web"),
+            Err(ContainerError::NotFound(_))
+        ));
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_crashed_runner_reads_as_exited() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContainerStore::open(root.path()).unwrap();
+        let c = store.create(Some("x"), config()).unwrap();
+        // state.json says running, but nobody holds the lock.
+        let state = State {
+            status: Status::Running,
+            pid: Some(1),
+            exit_code: None,
+            started_at: Some(1),
+            finished_at: None,
+        };
+        write_json(&c.state_path(), &state).unwrap();
+        let c = store.find("x").unwrap();
+        assert_eq!((c.state.status, c.state.exit_code), (Status::Exited, None));
+        // A dropped guard records an unknown exit.
+        let mut c = c;
+        drop(c.begin().unwrap());
+        let c = store.find("x").unwrap();
+        assert_eq!((c.state.status, c.state.exit_code), (Status::Exited, None));
+    }
+
+    #[test]
+    fn corrupt_records_are_skipped_in_lists() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContainerStore::open(root.path()).unwrap();
+        let c = store.create(Some("ok"), config()).unwrap();
+        let bad = root.path().join("containers").join("f".repeat(64));
+        std::fs::create_dir(&bad).unwrap();
+        std::fs::write(bad.join("config.json"), b"{not json").unwrap();
+        let all = store.list().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, c.id);
+    }
+}
