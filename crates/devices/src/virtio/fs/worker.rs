@@ -42,6 +42,10 @@ pub(super) struct Worker {
     /// A queue stopped at its budget; come back without sleeping.
     more: [bool; 2],
     guest_errors: u64,
+    /// Requests served, and the time spent serving them (logged when the
+    /// worker stops: it tells the host's share of a workload's time).
+    requests: u64,
+    busy: Duration,
 }
 
 impl std::fmt::Debug for Worker {
@@ -87,6 +91,8 @@ impl Worker {
             // Requests may have been queued before the driver notified us.
             more: [true; 2],
             guest_errors: 0,
+            requests: 0,
+            busy: Duration::ZERO,
         })
     }
 
@@ -97,7 +103,15 @@ impl Worker {
         loop {
             match self.step(None) {
                 Ok(true) => {}
-                Ok(false) => return,
+                Ok(false) => {
+                    log::info!(
+                        "virtio-fs {}: served {} requests in {:.3} s of host time",
+                        self.tag,
+                        self.requests,
+                        self.busy.as_secs_f64()
+                    );
+                    return;
+                }
                 Err(e) => {
                     log::error!(
                         "virtio-fs {}: worker failed, the device stops: {e}",
@@ -164,7 +178,10 @@ impl Worker {
                 return used;
             };
             let head = chain.head_index();
+            let t = std::time::Instant::now();
             let (len, err) = serve(&self.server, &self.mem, chain);
+            self.busy += t.elapsed();
+            self.requests += 1;
             if let Some(e) = err {
                 guest_error(&self.tag, &mut self.guest_errors, e);
             }
