@@ -50,13 +50,14 @@ fn main() {
         println!("fs: bench");
         return;
     }
-    require_kvm();
     // The virtio-fs worker logs how many requests it served and how long
-    // the host spent on them when the VM stops: the host's share.
-    env_logger::Builder::new()
+    // the host spent on them when the VM stops: the host's share. (Before
+    // require_kvm, which would install the tests' logger.)
+    let _ = env_logger::Builder::new()
         .parse_filters("warn,husk_devices::virtio::fs::worker=info")
         .format_target(false)
-        .init();
+        .try_init();
+    require_kvm();
     let mib = env_num("BENCH_FS_MIB", 256);
     let files = env_num("BENCH_FS_FILES", 10_000);
     let dir = scratch("bench-fs");

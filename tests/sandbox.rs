@@ -253,6 +253,16 @@ fn sandbox_runs_processes_over_vsock() {
         );
         assert!(!ro.join("new").exists());
 
+        // Hard links and renames across shares (volume, writable layer)
+        // are refused by the guest kernel: EXDEV, never a host path.
+        let (_, out, _) = sh(
+            &sb,
+            "ln /rw/from-guest.txt /hl 2>&1; ln /bin/busybox /rw/bb 2>&1; test -e /rw/bb || echo no-link",
+        );
+        assert_eq!(out.matches("Invalid cross-device link").count(), 2, "{out}");
+        assert!(out.ends_with("no-link\n"), "{out}");
+        assert!(!rw.join("bb").exists());
+
         // Escapes: symlinks out of a share resolve inside the guest, and
         // '..' at a share's root stays in the guest: the host file is never
         // reached.

@@ -119,8 +119,15 @@ pub fn ps(store: &ContainerStore, all: bool, quiet: bool) -> anyhow::Result<Exit
 pub fn rm(store: &ContainerStore, names: &[String], force: bool) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for n in names {
-        match store.find(n).and_then(|c| store.remove(&c, force)) {
-            Ok(()) => println!("{n}"),
+        match store
+            .find(n)
+            .and_then(|c| store.remove(&c, force).map(|()| c))
+        {
+            Ok(c) => {
+                // A killed husk leaves its VM's socket directory behind.
+                let _ = std::fs::remove_dir_all(crate::run::sandbox_dir_for(Some(c.short_id())));
+                println!("{n}");
+            }
             Err(e) => {
                 eprintln!("husk: error: {e}");
                 failed = true;

@@ -384,6 +384,7 @@ fn finish(
 }
 
 fn sandbox_config(
+    container: Option<&str>,
     vm: &VmArgs,
     config: &husk_runtime::container::ContainerConfig,
     upper: Option<PathBuf>,
@@ -399,7 +400,7 @@ fn sandbox_config(
         tmpfs: config.tmpfs.clone(),
         mem_size: config.mem_size,
         vcpus: config.vcpus,
-        dir: sandbox_dir()?,
+        dir: sandbox_dir(container)?,
         boot_timeout: Duration::from_secs(vm.boot_timeout),
         cmdline_extra: vm.kernel_args.clone(),
         console_to_stderr: vm.console,
@@ -456,7 +457,13 @@ pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCod
     };
     if let RootfsViaArg::Initramfs = args.rootfs_via {
         // Debugging path: no container is kept.
-        let sandbox = sandbox_config(&args.vm, &config, None, husk_runtime::RootfsVia::Initramfs)?;
+        let sandbox = sandbox_config(
+            None,
+            &args.vm,
+            &config,
+            None,
+            husk_runtime::RootfsVia::Initramfs,
+        )?;
         let mut spec = config.spec.clone();
         spec.term_size = size;
         let stdio = Stdio {
@@ -484,6 +491,7 @@ pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCod
         .context("cannot create the container")?;
     log::info!("container {} ({})", container.name, container.short_id());
     let sandbox = sandbox_config(
+        Some(container.short_id()),
         &args.vm,
         &container.config,
         Some(container.rw_dir()),
@@ -545,6 +553,7 @@ pub fn start(args: StartArgs, store_root: Option<PathBuf>) -> anyhow::Result<Exi
     let (ctl_tx, ctl_rx) = mpsc::channel();
     term::forward_signals(ctl_tx, tty)?;
     let sandbox = sandbox_config(
+        Some(container.short_id()),
         &args.vm,
         &container.config,
         Some(container.rw_dir()),
@@ -561,13 +570,23 @@ pub fn start(args: StartArgs, store_root: Option<PathBuf>) -> anyhow::Result<Exi
     )
 }
 
-fn sandbox_dir() -> anyhow::Result<PathBuf> {
+/// Where a running VM's socket, initramfs and console log go: short (Unix
+/// socket paths are limited to 108 bytes), per container (`husk rm -f` of a
+/// container whose `husk` was killed removes it), or per process.
+pub fn sandbox_dir_for(container: Option<&str>) -> PathBuf {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base
-        .join("husk")
-        .join(format!("sandbox-{}-{}", std::process::id(), nanos()));
+    base.join("husk").join(match container {
+        Some(id) => format!("c-{id}"),
+        None => format!("sandbox-{}-{}", std::process::id(), nanos()),
+    })
+}
+
+fn sandbox_dir(container: Option<&str>) -> anyhow::Result<PathBuf> {
+    let dir = sandbox_dir_for(container);
+    // A stale one is from a husk that was killed.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }

@@ -211,3 +211,76 @@ fn import_an_image_and_run_it() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let _ = std::fs::remove_dir_all(&store);
 }
+
+/// A running container shows as Up in `husk ps`; `husk rm` refuses it, and
+/// `husk rm -f` kills the `husk` process running it and removes it.
+#[test]
+fn rm_force_removes_a_running_container() {
+    require_kvm();
+    let store = husk_e2e::scratch("rm-force-store");
+    let husk = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
+        c.arg("--root").arg(&store).args(args);
+        c
+    };
+    let (kernel, agent, rootfs) = (guest_kernel(), agent_binary(), busybox_rootfs());
+    let mut child = husk(&[
+        "run",
+        "--name",
+        "busy",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--agent",
+        agent.to_str().unwrap(),
+        "-m",
+        "128",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo ready; while :; do sleep 1; done",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("run husk");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().expect("a line").expect("read"), "ready");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let out = husk(&["ps"]).output().unwrap();
+    let ps = text(&out.stdout);
+    assert!(
+        ps.lines()
+            .any(|l| l.ends_with("busy") && l.contains(" Up ")),
+        "{ps}"
+    );
+    let out = husk(&["rm", "busy"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("it is running"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = husk(&["rm", "-f", "busy"]).output().unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "busy\n".to_string()),
+        "{}",
+        text(&out.stderr)
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let out = husk(&["ps", "-a", "-q"]).output().unwrap();
+    assert_eq!(text(&out.stdout), "");
+    let left: Vec<_> = std::fs::read_dir(store.join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(&store);
+}
