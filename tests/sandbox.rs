@@ -79,6 +79,18 @@ fn expected_seq() -> Vec<u8> {
     v
 }
 
+/// An extended attribute of a host file.
+fn user_xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len = usize::try_from(len).ok()?;
+    buf.truncate(len);
+    Some(buf)
+}
+
 fn rustix_is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
@@ -97,6 +109,10 @@ fn sandbox_runs_processes_over_vsock() {
     husk_e2e::compile_static_c(
         &husk_e2e::repo_root().join("tests/guest/escape.c"),
         &ro.join("escape"),
+    );
+    husk_e2e::compile_static_c(
+        &husk_e2e::repo_root().join("tests/guest/xattr.c"),
+        &ro.join("xattr"),
     );
     let secret = vols.join("secret.txt");
     std::fs::write(&secret, "HOST SECRET\n").unwrap();
@@ -252,6 +268,34 @@ fn sandbox_runs_processes_over_vsock() {
             "guest wrote this\n"
         );
         assert!(!ro.join("new").exists());
+
+        // Extended attributes: user.* round-trip to the host file (volume)
+        // and into the writable layer; trusted.* needs CAP_SYS_ADMIN on
+        // the host, which the jailed server does not have; file
+        // capabilities (security.*) are refused.
+        let (st, out, err) = sh(
+            &sb,
+            "mkdir -p /var && touch /rw/xf /var/xf && /ro/xattr /rw/xf /var/xf",
+        );
+        let mut want = String::new();
+        for p in ["/rw/xf", "/var/xf"] {
+            want += &format!(
+                "{p} user: hello\n{p} trusted: Operation not permitted\n{p} security: Operation not permitted\n"
+            );
+        }
+        assert_eq!(
+            (st, out.as_str()),
+            (ExitStatus::Code(0), want.as_str()),
+            "stderr: {err}"
+        );
+        for host in [rw.join("xf"), upper.join("var/xf")] {
+            assert_eq!(
+                user_xattr(&host, "user.husk"),
+                Some(b"hello".to_vec()),
+                "{host:?}"
+            );
+            assert_eq!(user_xattr(&host, "trusted.husk"), None, "{host:?}");
+        }
 
         // Hard links and renames across shares (volume, writable layer)
         // are refused by the guest kernel: EXDEV, never a host path.
