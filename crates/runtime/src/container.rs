@@ -193,20 +193,9 @@ impl Container {
     /// returned guard lives; it fails if another process runs it.
     pub fn begin(&mut self) -> Result<RunGuard, ContainerError> {
         let lock_path = self.dir.join("running.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io("open", &lock_path))?;
-        match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                return Err(ContainerError::AlreadyRunning(self.name.clone()));
-            }
-            Err(e) => return Err(io("lock", &lock_path)(e.into())),
-        }
+        let Some(lock) = try_lock(&lock_path)? else {
+            return Err(ContainerError::AlreadyRunning(self.name.clone()));
+        };
         self.state = State {
             status: Status::Running,
             pid: Some(std::process::id()),
@@ -479,18 +468,47 @@ impl ContainerStore {
     /// Removes a container and its writable layer. A running one needs
     /// `force`: then the `husk` process running it is killed first.
     pub fn remove(&self, container: &Container, force: bool) -> Result<(), ContainerError> {
-        if container.state.status == Status::Running {
+        // Hold the running lock while removing, so a `husk start` cannot
+        // begin on a layer being deleted.
+        let lock_path = container.dir.join("running.lock");
+        let mut lock = try_lock(&lock_path)?;
+        if lock.is_none() {
             if !force {
                 return Err(ContainerError::Running(container.name.clone()));
             }
-            if let Some(pid) = container.state.pid {
-                kill_runner(pid, &container.dir.join("running.lock"));
+            // The state as it is now (it may have started since it was
+            // listed).
+            let state: State = read_json(&container.state_path())?;
+            if let Some(pid) = state.pid {
+                kill_runner(pid, &lock_path);
+            }
+            lock = try_lock(&lock_path)?;
+            if lock.is_none() {
+                return Err(ContainerError::Running(container.name.clone()));
             }
         }
         // Rename first so a half-removed container never lists.
         let doomed = self.dir.join(format!(".rm-{}", container.id));
         std::fs::rename(&container.dir, &doomed).map_err(io("remove", &container.dir))?;
-        remove_tree(&doomed).map_err(io("remove", &doomed))
+        let result = remove_tree(&doomed).map_err(io("remove", &doomed));
+        drop(lock);
+        result
+    }
+}
+
+/// Takes the exclusive lock on `path` if nobody holds it.
+fn try_lock(path: &Path) -> Result<Option<File>, ContainerError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("open", path))?;
+    match rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(f)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(io("lock", path)(e.into())),
     }
 }
 
