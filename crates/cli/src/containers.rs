@@ -75,26 +75,7 @@ pub fn table(containers: &[Container], now: i64) -> String {
             c.name.clone(),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            let pad = widths[i] - cell.chars().count();
-            line.push_str(cell);
-            if i + 1 < row.len() {
-                line.push_str(&" ".repeat(pad + 3));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    husk_image::format::columns(&rows)
 }
 
 /// `husk ps [-a] [-q]`.

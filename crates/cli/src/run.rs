@@ -315,12 +315,44 @@ struct Launch {
 /// failures, 126/127 when the process cannot start) and records it.
 fn launch(
     container: &mut husk_runtime::container::Container,
+    vm: &VmArgs,
     launch: Launch,
-    sandbox: SandboxConfig,
     ctl_rx: mpsc::Receiver<husk_runtime::Control>,
 ) -> anyhow::Result<ExitCode> {
+    // The lock first: the sandbox directory is the container's, and a
+    // running one must keep it.
     let guard = container.begin().context("cannot start the container")?;
-    let mut spec = container.config.spec.clone();
+    let sandbox = sandbox_config(
+        Some(container.short_id()),
+        vm,
+        &container.config,
+        Some(container.rw_dir()),
+        husk_runtime::RootfsVia::VirtioFs,
+    )?;
+    let (code, err) = foreground(&sandbox, container.config.spec.clone(), &launch, ctl_rx);
+    if let Err(e) = guard.finish(code) {
+        log::warn!("cannot record the container's exit: {e}");
+    }
+    exit(code, err)
+}
+
+/// `husk`'s exit code: the container's, else 125 or the error.
+fn exit(code: Option<i32>, err: Option<anyhow::Error>) -> anyhow::Result<ExitCode> {
+    match (code, err) {
+        (_, Some(e)) => Err(e),
+        (c, None) => Ok(ExitCode::from(c.unwrap_or(125).clamp(0, 255) as u8)),
+    }
+}
+
+/// Runs the sandbox with `spec` as its main process, attached to this
+/// terminal (raw while the container has a tty); removes the sandbox's
+/// directory after. Returns what [`finish`] makes of it.
+fn foreground(
+    sandbox: &SandboxConfig,
+    mut spec: RunSpec,
+    launch: &Launch,
+    ctl_rx: mpsc::Receiver<husk_runtime::Control>,
+) -> (Option<i32>, Option<anyhow::Error>) {
     if spec.tty {
         spec.term_size = if launch.tty { term::size(0) } else { None };
     }
@@ -336,18 +368,10 @@ fn launch(
     } else {
         None
     };
-    let result = husk_runtime::run(&sandbox, spec, stdio, Some(ctl_rx));
+    let result = husk_runtime::run(sandbox, spec, stdio, Some(ctl_rx));
     drop(raw);
     let _ = std::fs::remove_dir_all(&sandbox.dir);
-    let (code, err) = finish(result);
-    if let Err(e) = guard.finish(code) {
-        log::warn!("cannot record the container's exit: {e}");
-    }
-    match (code, err) {
-        (_, Some(e)) => Err(e),
-        (Some(c), None) => Ok(ExitCode::from(c.clamp(0, 255) as u8)),
-        (None, None) => Ok(ExitCode::from(125)),
-    }
+    finish(result)
 }
 
 /// The container's exit code (if it ran), or husk's error.
@@ -464,40 +488,14 @@ pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCod
             None,
             husk_runtime::RootfsVia::Initramfs,
         )?;
-        let mut spec = config.spec.clone();
-        spec.term_size = size;
-        let stdio = Stdio {
-            stdin: args
-                .interactive
-                .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
-            stdout: Box::new(std::io::stdout()),
-            stderr: Box::new(std::io::stderr()),
-        };
-        let raw = if tty {
-            term::RawMode::enter(0).ok()
-        } else {
-            None
-        };
-        let result = husk_runtime::run(&sandbox, spec, stdio, Some(ctl_rx));
-        drop(raw);
-        let _ = std::fs::remove_dir_all(&sandbox.dir);
-        return match finish(result) {
-            (_, Some(e)) => Err(e),
-            (c, None) => Ok(ExitCode::from(c.unwrap_or(125).clamp(0, 255) as u8)),
-        };
+        let (code, err) = foreground(&sandbox, config.spec.clone(), &run_launch, ctl_rx);
+        return exit(code, err);
     }
     let mut container = containers
         .create(args.name.as_deref(), config)
         .context("cannot create the container")?;
     log::info!("container {} ({})", container.name, container.short_id());
-    let sandbox = sandbox_config(
-        Some(container.short_id()),
-        &args.vm,
-        &container.config,
-        Some(container.rw_dir()),
-        husk_runtime::RootfsVia::VirtioFs,
-    )?;
-    let result = launch(&mut container, run_launch, sandbox, ctl_rx);
+    let result = launch(&mut container, &args.vm, run_launch, ctl_rx);
     if args.rm {
         // Reload: the state changed while it ran.
         match containers.find(&container.id) {
@@ -549,23 +547,19 @@ pub fn start(args: StartArgs, store_root: Option<PathBuf>) -> anyhow::Result<Exi
             None
         }
     };
+    // Find the kernel and agent before touching the container's state.
+    find_kernel(args.vm.kernel.clone())?;
+    find_agent(args.vm.agent.clone())?;
     let tty = container.config.spec.tty && std::io::stdin().is_terminal();
     let (ctl_tx, ctl_rx) = mpsc::channel();
     term::forward_signals(ctl_tx, tty)?;
-    let sandbox = sandbox_config(
-        Some(container.short_id()),
-        &args.vm,
-        &container.config,
-        Some(container.rw_dir()),
-        husk_runtime::RootfsVia::VirtioFs,
-    )?;
     launch(
         &mut container,
+        &args.vm,
         Launch {
             interactive: args.interactive,
             tty,
         },
-        sandbox,
         ctl_rx,
     )
 }

@@ -90,14 +90,20 @@ pub fn images_table(rows: &[ImageSummary], now: SystemTime) -> String {
             human_size(r.size),
         ]);
     }
-    let mut widths = [0usize; 5];
-    for row in &table {
+    columns(&table)
+}
+
+/// Rows as Docker prints its tables: each column as wide as its widest
+/// cell, three spaces between columns, no trailing spaces.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &table {
+    for row in rows {
         let mut line = String::new();
         for (i, c) in row.iter().enumerate() {
             if i + 1 == row.len() {
