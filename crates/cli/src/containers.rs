@@ -167,6 +167,115 @@ fn walk(upper: &Path, lower: &Path, rel: &str, out: &mut Vec<String>) -> std::io
     Ok(())
 }
 
+/// RFC 3339 (UTC) for seconds since the epoch, as Docker prints times.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// `docker inspect`-shaped JSON for a container.
+pub fn inspect_json(c: &Container) -> serde_json::Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let spec = &c.config.spec;
+    let time = |t: Option<u64>| t.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), rfc3339);
+    let status = match c.state.status {
+        Status::Created => "created",
+        Status::Running => "running",
+        Status::Exited => "exited",
+    };
+    let mut mounts: Vec<serde_json::Value> = c
+        .config
+        .volumes
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "Type": "bind",
+                "Source": v.host,
+                "Destination": v.guest,
+                "RW": !v.read_only,
+            })
+        })
+        .collect();
+    mounts.extend(c.config.tmpfs.iter().map(
+        |t| serde_json::json!({ "Type": "tmpfs", "Source": "", "Destination": t, "RW": true }),
+    ));
+    serde_json::json!({
+        "Id": c.id,
+        "Name": format!("/{}", c.name),
+        "Created": rfc3339(c.created),
+        "Path": spec.argv.first().map(|a| text(a)).unwrap_or_default(),
+        "Args": spec.argv.iter().skip(1).map(|a| text(a)).collect::<Vec<_>>(),
+        "State": {
+            "Status": status,
+            "Running": c.state.status == Status::Running,
+            "Pid": c.state.pid.unwrap_or(0),
+            "ExitCode": c.state.exit_code.unwrap_or(0),
+            "StartedAt": time(c.state.started_at),
+            "FinishedAt": time(c.state.finished_at),
+        },
+        "Image": c.config.image_id.clone().unwrap_or_default(),
+        "Config": {
+            "Image": c.config.image,
+            "Cmd": spec.argv.iter().map(|a| text(a)).collect::<Vec<_>>(),
+            "Env": spec.env.iter().map(|(k, v)| format!("{}={}", text(k), text(v))).collect::<Vec<_>>(),
+            "WorkingDir": spec.cwd.as_deref().map(text).unwrap_or_else(|| "/".into()),
+            "User": format!("{}:{}", spec.uid, spec.gid),
+            "Tty": spec.tty,
+        },
+        "HostConfig": {
+            "Memory": c.config.mem_size,
+            "NanoCpus": u64::from(c.config.vcpus) * 1_000_000_000,
+        },
+        "Mounts": mounts,
+        "GraphDriver": {
+            "Name": "overlay (in the guest, over virtio-fs)",
+            "Data": {
+                "LowerDir": c.config.rootfs,
+                "UpperDir": c.upper_dir(),
+                "WorkDir": c.rw_dir().join("work"),
+            },
+        },
+    })
+}
+
+/// `husk inspect NAME...`: containers, then images, as Docker looks them up.
+pub fn inspect(
+    containers: &ContainerStore,
+    images: &husk_image::Store,
+    names: &[String],
+) -> anyhow::Result<ExitCode> {
+    let mut all = Vec::new();
+    for n in names {
+        match containers.find(n) {
+            Ok(c) => all.push(inspect_json(&c)),
+            Err(husk_runtime::container::ContainerError::NotFound(_)) => match images.inspect(n) {
+                Ok(serde_json::Value::Array(items)) => all.extend(items),
+                Ok(other) => all.push(other),
+                Err(_) => anyhow::bail!("no such object: {n}"),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&all)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Containers that use an image, for `husk rmi`'s check.
 pub fn users_of(store: &ContainerStore, image_id: &str) -> anyhow::Result<Vec<Container>> {
     Ok(store
@@ -179,6 +288,13 @@ pub fn users_of(store: &ContainerStore, image_id: &str) -> anyhow::Result<Vec<Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_in_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(981_173_106), "2001-02-03T04:05:06Z");
+        assert_eq!(rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
+    }
 
     #[test]
     fn ps_table_like_docker() {
@@ -202,5 +318,13 @@ mod tests {
         assert!(lines[1].contains("\"sh -c echo a long c…\""), "{t}");
         assert!(lines[1].contains("5 seconds ago   Created"), "{t}");
         assert!(lines[1].ends_with("web"), "{t}");
+        let j = inspect_json(&c);
+        assert_eq!(j["Name"], "/web");
+        assert_eq!(j["State"]["Status"], "created");
+        assert_eq!(j["Config"]["Cmd"][2], "echo a long command line here");
+        assert_eq!(
+            j["GraphDriver"]["Data"]["UpperDir"],
+            serde_json::json!(c.upper_dir())
+        );
     }
 }

@@ -56,6 +56,12 @@ enum Command {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Show containers' or images' details as JSON.
+    Inspect {
+        /// Containers or images.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Show what a container changed in its filesystem (A added, C changed, D deleted).
     Diff {
         /// The container.
@@ -296,6 +302,10 @@ fn main() -> ExitCode {
             force,
             containers: list,
         } => containers::open(cli.root).and_then(|s| containers::rm(&s, &list, force)),
+        Command::Inspect { names } => images::open_store(cli.root).and_then(|s| {
+            let containers = husk_runtime::container::ContainerStore::open(s.root())?;
+            containers::inspect(&containers, &s, &names)
+        }),
         Command::Diff { container } => {
             containers::open(cli.root).and_then(|s| containers::diff(&s, &container))
         }

@@ -137,6 +137,13 @@ fn container_commands_refuse_bad_input() {
     );
     let o = husk(&["--root", r, "diff", "nosuch"]);
     assert_eq!(o.status.code(), Some(125));
+    let o = husk(&["--root", r, "inspect", "nosuch"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("no such object: nosuch"),
+        "{}",
+        stderr(&o)
+    );
     let o = husk(&["--root", r, "ps", "-a"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(

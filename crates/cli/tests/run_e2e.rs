@@ -159,6 +159,16 @@ fn import_an_image_and_run_it() {
     let marker = layers[0].join("rw/upper/marker");
     assert!(marker.exists(), "the write is not in the container's layer");
     assert!(!rootfs.join("marker").exists());
+    let out = husk(&["inspect", "first"]).output().unwrap();
+    let j = text(&out.stdout);
+    assert!(
+        j.contains("\"ExitCode\": 137") && j.contains("\"Status\": \"exited\""),
+        "{j}"
+    );
+    assert!(
+        j.contains(&format!("{}", layers[0].join("rw/upper").display())),
+        "{j}"
+    );
     let out = husk(&["diff", "first"]).output().unwrap();
     assert_eq!(text(&out.stdout), "A /marker\n", "{}", text(&out.stderr));
 
