@@ -70,11 +70,16 @@ pub fn guest_kernel() -> PathBuf {
 }
 
 /// Checks that this machine can run guests, failing loudly (not skipping)
-/// with what is missing. Also sends husk's own warnings (a vsock connection
-/// reset, say) to the test's stderr, so a failure shows its cause.
+/// with what is missing. Also sends husk's own warnings, and the vsock
+/// device's debug messages (why it reset a connection), to the test's
+/// output, which the harness shows only for a failing test: an intermittent
+/// "agent closed the connection" then names its cause.
 pub fn require_kvm() {
     let _ = env_logger::Builder::new()
-        .parse_filters(&std::env::var("HUSK_LOG").unwrap_or_else(|_| "warn".into()))
+        .parse_filters(
+            &std::env::var("HUSK_LOG")
+                .unwrap_or_else(|_| "warn,husk_devices::virtio::vsock=debug".into()),
+        )
         .is_test(true)
         .try_init();
     let kvm = Path::new("/dev/kvm");
