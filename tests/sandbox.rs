@@ -297,6 +297,27 @@ fn sandbox_runs_processes_over_vsock() {
             assert_eq!(user_xattr(&host, "trusted.husk"), None, "{host:?}");
         }
 
+        // Set-id bits: a volume never gets a set-user-ID file on the host
+        // (a guest root cannot plant one for host users); the container's
+        // own layer keeps them.
+        let (st, out, err) = sh(
+            &sb,
+            "touch /rw/s /var/s && chmod 6755 /rw/s /var/s && stat -c %a /rw/s /var/s",
+        );
+        assert_eq!(
+            (st, out.as_str()),
+            (ExitStatus::Code(0), "755\n6755\n"),
+            "stderr: {err}"
+        );
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let m = std::fs::metadata(rw.join("s"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o7777, 0o755);
+        }
+
         // Hard links and renames across shares (volume, writable layer)
         // are refused by the guest kernel: EXDEV, never a host path.
         let (_, out, _) = sh(

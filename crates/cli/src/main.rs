@@ -198,6 +198,7 @@ fn parse_share(s: &str) -> Result<FsShare, String> {
         host_dir: PathBuf::from(dir),
         read_only,
         only: None,
+        no_setid: true,
     })
 }
 

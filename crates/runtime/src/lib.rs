@@ -303,6 +303,7 @@ impl Sandbox {
                     host_dir: root.clone(),
                     read_only: true,
                     only: None,
+                    no_setid: false,
                 });
                 args.push("husk.rootfs=virtiofs".into());
                 if let Some(upper) = &config.upper {
@@ -311,6 +312,7 @@ impl Sandbox {
                         host_dir: upper.clone(),
                         read_only: false,
                         only: None,
+                        no_setid: false,
                     });
                     args.push("husk.upper=virtiofs".into());
                 }
@@ -338,6 +340,8 @@ impl Sandbox {
                 host_dir,
                 read_only: v.read_only,
                 only,
+                // A volume is a host directory other users may reach.
+                no_setid: true,
             });
         }
         for t in &config.tmpfs {

@@ -97,6 +97,9 @@ pub struct FsShare {
     /// created, removed, renamed or linked beside it. `None`: the whole
     /// directory.
     pub only: Option<std::ffi::OsString>,
+    /// Never make set-user-ID or set-group-ID files on the host (see
+    /// `husk_devices::FsConfig::no_setid`): for shares host users reach.
+    pub no_setid: bool,
 }
 
 /// Where virtio-mmio devices go: the first 4 KiB window, and the first
@@ -324,6 +327,7 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmmError> {
             host_dir: share.host_dir.clone(),
             read_only: share.read_only,
             only: share.only.clone(),
+            no_setid: share.no_setid,
         })
         .map_err(VmmError::Fs)?;
         attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, &mut placed, dev)?;

@@ -134,6 +134,13 @@ pub struct FsConfig {
     /// created, removed, renamed or linked there). `None`: the whole
     /// directory.
     pub only: Option<OsString>,
+    /// Never make set-user-ID or set-group-ID files on the host: the
+    /// server clears `S_ISUID` and `S_ISGID` from the modes of CREATE,
+    /// MKNOD and SETATTR (and `S_ISUID` from MKDIR; a set-group-ID
+    /// directory only passes its group on). For shares host users reach
+    /// (volumes): a guest, even as root, cannot plant a set-user-ID-root
+    /// program there.
+    pub no_setid: bool,
 }
 
 /// Errors creating the device.
@@ -252,7 +259,13 @@ impl Fs {
         // SAFETY: geteuid(2) has no preconditions and touches no memory.
         let host_root = unsafe { libc::geteuid() } == 0;
         let jail = Arc::new(Jail::new(host_root).map_err(FsError::Jail)?);
-        let fs = Arc::new(ShareFs::new(passthrough, config.read_only, host_root, only));
+        let fs = Arc::new(ShareFs::new(
+            passthrough,
+            config.read_only,
+            host_root,
+            only,
+            config.no_setid,
+        ));
         let server = Arc::new(Server::new(fs.clone()));
         Ok(Self {
             config,

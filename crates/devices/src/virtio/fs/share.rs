@@ -85,6 +85,8 @@ pub(super) struct ShareFs {
     host_root: bool,
     /// A single-file share: the one name the root shows.
     only: Option<CString>,
+    /// Keep set-id bits off the host ([`super::FsConfig::no_setid`]).
+    no_setid: bool,
 }
 
 impl std::fmt::Debug for ShareFs {
@@ -137,13 +139,29 @@ impl ShareFs {
         read_only: bool,
         host_root: bool,
         only: Option<CString>,
+        no_setid: bool,
     ) -> Self {
         Self {
             inner,
             read_only,
             host_root,
             only,
+            no_setid,
         }
+    }
+
+    /// A mode without the set-id bits [`super::FsConfig::no_setid`] keeps
+    /// off the host (`S_ISGID` stays on directories).
+    fn mode(&self, mode: u32, dir: bool) -> u32 {
+        if !self.no_setid {
+            return mode;
+        }
+        let strip = if dir {
+            libc::S_ISUID
+        } else {
+            libc::S_ISUID | libc::S_ISGID
+        };
+        mode & !strip
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -211,8 +229,23 @@ impl FileSystem for ShareFs {
     type Inode = Inode;
     type Handle = Handle;
 
+    /// The passthrough used without fuse-backend-rs's `Vfs` offers only
+    /// READDIRPLUS; `Vfs` adds the options below, and so does the wrapper.
+    /// Without BIG_WRITES and MAX_PAGES the kernel sends writes of at most
+    /// 4 KiB (the server's minimal `max_write`), one request per page;
+    /// with them, up to 1 MiB per request. ASYNC_READ and PARALLEL_DIROPS
+    /// let the guest keep several reads and lookups in flight,
+    /// AUTO_INVAL_DATA drops cached pages when the host changed a file
+    /// (volumes), ATOMIC_O_TRUNC passes O_TRUNC with OPEN (checked as a
+    /// write by `open`).
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        let extra = FsOptions::ASYNC_READ
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::AUTO_INVAL_DATA
+            | FsOptions::ATOMIC_O_TRUNC;
+        Ok(self.inner.init(capable)? | (capable & extra))
     }
 
     fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
@@ -260,6 +293,14 @@ impl FileSystem for ShareFs {
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
         self.root_fixed(inode)?;
+        let mut attr = attr;
+        if self.no_setid && valid.contains(SetattrValid::MODE) {
+            let dir = self
+                .inner
+                .getattr(ctx, inode, handle)
+                .is_ok_and(|(st, _)| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            attr.st_mode = self.mode(attr.st_mode, dir);
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -298,7 +339,8 @@ impl FileSystem for ShareFs {
         if kind == libc::S_IFBLK || (kind == libc::S_IFCHR && rdev != 0) {
             return Err(eperm());
         }
-        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+        self.inner
+            .mknod(ctx, inode, name, self.mode(mode, false), rdev, umask)
     }
 
     fn mkdir(
@@ -312,7 +354,8 @@ impl FileSystem for ShareFs {
         self.writable()?;
         check_name(name)?;
         self.root_fixed(parent)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        self.inner
+            .mkdir(ctx, parent, name, self.mode(mode, true), umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -383,6 +426,8 @@ impl FileSystem for ShareFs {
         self.writable()?;
         check_name(name)?;
         self.root_fixed(parent)?;
+        let mut args = args;
+        args.mode = self.mode(args.mode, false);
         self.inner.create(ctx, parent, name, args)
     }
 

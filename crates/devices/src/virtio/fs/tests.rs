@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, Dirent, EntryOut, FallocateIn, FsyncIn, GetattrIn, GetxattrIn, InHeader,
-    InitIn, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In,
-    SetattrIn, SetxattrIn, WriteIn,
+    AttrOut, CreateIn, Dirent, EntryOut, FallocateIn, FsOptions, FsyncIn, GetattrIn, GetxattrIn,
+    InHeader, InitIn, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
+    Rename2In, SetattrIn, SetxattrIn, WriteIn,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
@@ -75,6 +75,7 @@ impl Driver {
             host_dir: dir.to_path_buf(),
             read_only,
             only: None,
+            no_setid: false,
         })
     }
 
@@ -85,6 +86,7 @@ impl Driver {
             host_dir: dir.to_path_buf(),
             read_only,
             only: Some(name.into()),
+            no_setid: false,
         });
         let (out, _) = d.init();
         assert_eq!(out.error, 0);
@@ -336,6 +338,7 @@ fn config_space_and_identity() {
         host_dir: d.path().to_path_buf(),
         read_only: true,
         only: None,
+        no_setid: false,
     })
     .unwrap();
     assert_eq!(dev.device_type(), 26);
@@ -365,6 +368,7 @@ fn bad_shares_are_refused() {
         host_dir: dir.to_path_buf(),
         read_only: false,
         only: None,
+        no_setid: false,
     };
     for tag in ["", "a\0b", &"x".repeat(37)] {
         assert!(matches!(
@@ -390,6 +394,7 @@ fn activation_needs_two_ready_queues() {
         host_dir: d.path().to_path_buf(),
         read_only: true,
         only: None,
+        no_setid: false,
     })
     .unwrap();
     let mem = mem();
@@ -434,6 +439,30 @@ fn init_handshake() {
     assert_eq!(init.major, 7);
     assert!(init.minor >= 27, "minor {}", init.minor);
     assert!(init.max_write > 0);
+    // A guest that offers big writes gets 1 MiB requests (256 pages), and
+    // the read and lookup concurrency options, not writeback caching.
+    let mut drv = Driver::without_init(d.path(), false);
+    let offered = FsOptions::BIG_WRITES
+        | FsOptions::MAX_PAGES
+        | FsOptions::ASYNC_READ
+        | FsOptions::PARALLEL_DIROPS
+        | FsOptions::WRITEBACK_CACHE
+        | FsOptions::DO_READDIRPLUS;
+    let init_in = InitIn {
+        major: 7,
+        minor: 31,
+        max_readahead: 128 * 1024,
+        flags: offered.bits() as u32,
+    };
+    let (out, body) = drv.call(Opcode::Init, 0, init_in.as_slice());
+    assert_eq!(out.error, 0);
+    let init = InitOut::from_slice(&body[..std::mem::size_of::<InitOut>()]).unwrap();
+    assert_eq!((init.max_write, init.max_pages), (1 << 20, 256));
+    let got = FsOptions::from_bits_truncate(u64::from(init.flags));
+    assert!(
+        got.contains(FsOptions::BIG_WRITES | FsOptions::ASYNC_READ | FsOptions::PARALLEL_DIROPS)
+    );
+    assert!(!got.contains(FsOptions::WRITEBACK_CACHE));
     // The root is there once INIT imported it.
     let (out, body) = drv.call(Opcode::Getattr, ROOT, GetattrIn::default().as_slice());
     assert_eq!(out.error, 0);
@@ -1082,12 +1111,12 @@ fn without_root_requests_run_as_husks_own_user() {
         pid: 1,
     };
     let mut ctx = guest;
-    share::ShareFs::new(pt(), false, false, None)
+    share::ShareFs::new(pt(), false, false, None, false)
         .id_remap(&mut ctx)
         .unwrap();
     assert_eq!((ctx.uid, ctx.gid), (0, 0));
     let mut ctx = guest;
-    share::ShareFs::new(pt(), false, true, None)
+    share::ShareFs::new(pt(), false, true, None, false)
         .id_remap(&mut ctx)
         .unwrap();
     assert_eq!((ctx.uid, ctx.gid), (1000, 1000));
@@ -1520,6 +1549,7 @@ fn a_device_whose_worker_cannot_be_jailed_does_not_start() {
         host_dir: d.path().to_path_buf(),
         read_only: false,
         only: None,
+        no_setid: false,
     })
     .unwrap();
     dev.jail = Arc::new(jail::Jail::broken());
@@ -1731,6 +1761,7 @@ fn single_file_shares_are_checked() {
         host_dir: d.path().to_path_buf(),
         read_only: false,
         only: Some(only.into()),
+        no_setid: false,
     };
     for bad in ["", ".", "..", "a/b", "/file.txt", "file.txt\0"] {
         assert!(
@@ -1750,4 +1781,76 @@ fn single_file_shares_are_checked() {
     ));
     let dev = Fs::new(cfg("file.txt")).unwrap();
     assert_eq!(dev.config().only.as_deref(), Some("file.txt".as_ref()));
+}
+
+/// With `no_setid` (volumes), CREATE, MKNOD, MKDIR and SETATTR never leave
+/// a set-user-ID or set-group-ID file on the host (a set-group-ID directory
+/// is fine); without it (the container's own layer), modes are kept.
+#[test]
+fn no_setid_shares_keep_setid_bits_off_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let host_mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    for no_setid in [true, false] {
+        let d = share();
+        let mut drv = Driver::started(FsConfig {
+            tag: "share".into(),
+            host_dir: d.path().to_path_buf(),
+            read_only: false,
+            only: None,
+            no_setid,
+        });
+        assert_eq!(drv.init().0.error, 0);
+        let create = CreateIn {
+            flags: (libc::O_CREAT | libc::O_RDWR) as u32,
+            mode: 0o6755 | libc::S_IFREG,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let body = Driver::with_name(create.as_slice(), "suid");
+        let (out, reply) = drv.call(Opcode::Create, ROOT, &body);
+        assert_eq!(out.error, 0);
+        let file = EntryOut::from_slice(&reply[..std::mem::size_of::<EntryOut>()])
+            .unwrap()
+            .nodeid;
+        let mknod = MknodIn {
+            mode: libc::S_IFREG | 0o4755,
+            ..Default::default()
+        };
+        let body = Driver::with_name(mknod.as_slice(), "suid2");
+        assert_eq!(drv.call(Opcode::Mknod, ROOT, &body).0.error, 0);
+        let mkdir = MkdirIn {
+            mode: 0o6775,
+            umask: 0,
+        };
+        let body = Driver::with_name(mkdir.as_slice(), "dir");
+        let (out, reply) = drv.call(Opcode::Mkdir, ROOT, &body);
+        assert_eq!(out.error, 0);
+        let dir = EntryOut::from_slice(&reply[..std::mem::size_of::<EntryOut>()])
+            .unwrap()
+            .nodeid;
+        let want_file = if no_setid { 0o755 } else { 0o6755 };
+        // mkdir(2) takes only the 01777 bits of a mode, whatever the share.
+        let want_dir = 0o775;
+        assert_eq!(host_mode(&d.path().join("suid")), want_file, "{no_setid}");
+        assert_eq!(
+            host_mode(&d.path().join("suid2")),
+            want_file & 0o4777,
+            "{no_setid}"
+        );
+        assert_eq!(host_mode(&d.path().join("dir")), want_dir, "{no_setid}");
+        // chmod: on a file and on the directory.
+        for (node, path, mode, want) in [
+            (file, "suid", 0o4711, if no_setid { 0o711 } else { 0o4711 }),
+            (dir, "dir", 0o6700, if no_setid { 0o2700 } else { 0o6700 }),
+        ] {
+            let setattr = SetattrIn {
+                valid: 1, // FATTR_MODE
+                mode,
+                ..Default::default()
+            };
+            let (out, _) = drv.call(Opcode::Setattr, node, setattr.as_slice());
+            assert_eq!(out.error, 0);
+            assert_eq!(host_mode(&d.path().join(path)), want, "{path} {no_setid}");
+        }
+    }
 }
