@@ -43,9 +43,10 @@
 //! process, and a *host* process that moves a directory out of the share
 //! while the guest holds it lets the guest follow it there. Requests run
 //! with the guest's uid/gid as the thread's effective ids when husk is root
-//! (guest root is host root inside the share), so read-write shares can
-//! get setuid files; the wrapper ([`share`]) at least refuses device nodes
-//! and `security.*` xattrs. When husk is not root, every request runs as
+//! (guest root is host root inside the share), so a read-write share could
+//! get set-user-ID-root programs; shares with [`FsConfig::no_setid`]
+//! (volumes) never do, and the wrapper ([`share`]) refuses device nodes and
+//! `security.*` xattrs on every share. When husk is not root, every request runs as
 //! husk's own user (the guest's ids are not switched to, which would fail),
 //! so the guest can do no more on the host than husk's user can.
 //!
