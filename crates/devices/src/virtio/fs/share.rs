@@ -179,6 +179,15 @@ impl ShareFs {
         }
     }
 
+    /// A request that creates, removes or renames `name` in `dir`: the
+    /// share must be writable, the name one path component, and `dir` not
+    /// a single-file share's fixed root.
+    fn entry_change(&self, dir: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        check_name(name)?;
+        self.root_fixed(dir)
+    }
+
     /// In a single-file share, the one name the root shows (`.` and `..`,
     /// the root itself there, too).
     fn visible(&self, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -315,9 +324,7 @@ impl FileSystem for ShareFs {
         parent: Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.writable()?;
-        check_name(name)?;
-        self.root_fixed(parent)?;
+        self.entry_change(parent, name)?;
         self.inner.symlink(ctx, linkname, parent, name)
     }
 
@@ -330,9 +337,7 @@ impl FileSystem for ShareFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.writable()?;
-        check_name(name)?;
-        self.root_fixed(inode)?;
+        self.entry_change(inode, name)?;
         let kind = mode & libc::S_IFMT;
         // A device node in a share would be a device node on the host.
         // overlayfs's whiteout (a 0:0 character device) is harmless.
@@ -351,24 +356,18 @@ impl FileSystem for ShareFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.writable()?;
-        check_name(name)?;
-        self.root_fixed(parent)?;
+        self.entry_change(parent, name)?;
         self.inner
             .mkdir(ctx, parent, name, self.mode(mode, true), umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        self.writable()?;
-        check_name(name)?;
-        self.root_fixed(parent)?;
+        self.entry_change(parent, name)?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        self.writable()?;
-        check_name(name)?;
-        self.root_fixed(parent)?;
+        self.entry_change(parent, name)?;
         self.inner.rmdir(ctx, parent, name)
     }
 
@@ -381,11 +380,8 @@ impl FileSystem for ShareFs {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        self.writable()?;
-        check_name(oldname)?;
-        check_name(newname)?;
-        self.root_fixed(olddir)?;
-        self.root_fixed(newdir)?;
+        self.entry_change(olddir, oldname)?;
+        self.entry_change(newdir, newname)?;
         self.inner
             .rename(ctx, olddir, oldname, newdir, newname, flags)
     }
@@ -397,9 +393,7 @@ impl FileSystem for ShareFs {
         newparent: Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
-        self.writable()?;
-        check_name(newname)?;
-        self.root_fixed(newparent)?;
+        self.entry_change(newparent, newname)?;
         self.inner.link(ctx, inode, newparent, newname)
     }
 
@@ -423,9 +417,7 @@ impl FileSystem for ShareFs {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
-        self.writable()?;
-        check_name(name)?;
-        self.root_fixed(parent)?;
+        self.entry_change(parent, name)?;
         let mut args = args;
         args.mode = self.mode(args.mode, false);
         self.inner.create(ctx, parent, name, args)
