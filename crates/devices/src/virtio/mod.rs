@@ -141,6 +141,25 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// A device's worker thread and the eventfd that tells it to stop.
+#[derive(Debug)]
+pub(crate) struct WorkerThread {
+    pub handle: std::thread::JoinHandle<()>,
+    pub kill: EventFd,
+}
+
+impl WorkerThread {
+    /// Tells the worker to stop and waits for it; `name` labels the log.
+    pub fn stop(self, name: &str) {
+        if let Err(e) = self.kill.write(1) {
+            log::error!("{name}: cannot stop the worker: {e}");
+        }
+        if self.handle.join().is_err() {
+            log::error!("{name}: the worker thread panicked");
+        }
+    }
+}
+
 /// Copies the device configuration space `cfg` at `offset` into `data` for
 /// a driver's read; bytes past the end of `cfg` are left as they are (the
 /// transport zero-fills them).

@@ -99,14 +99,15 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{ActivateError, Activation, VirtioDevice, copy_config, device_type, features};
+use super::{
+    ActivateError, Activation, VirtioDevice, WorkerThread, copy_config, device_type, features,
+};
 use jail::Jail;
 pub use jail::JailError;
 use share::ShareFs;
@@ -193,7 +194,7 @@ pub struct Fs {
     fs: Arc<ShareFs>,
     server: Arc<FsServer>,
     jail: Arc<Jail>,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    worker: Option<WorkerThread>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -290,7 +291,9 @@ impl Fs {
 
     /// Whether the worker thread runs.
     pub fn is_running(&self) -> bool {
-        self.worker.as_ref().is_some_and(|(h, _)| !h.is_finished())
+        self.worker
+            .as_ref()
+            .is_some_and(|w| !w.handle.is_finished())
     }
 
     /// The configuration space: `struct virtio_fs_config { u8 tag[36];
@@ -342,13 +345,8 @@ impl Fs {
     }
 
     fn stop_worker(&mut self) {
-        if let Some((handle, kill)) = self.worker.take() {
-            if let Err(e) = kill.write(1) {
-                log::error!("virtio-fs {}: cannot stop the worker: {e}", self.config.tag);
-            }
-            if handle.join().is_err() {
-                log::error!("virtio-fs {}: the worker thread panicked", self.config.tag);
-            }
+        if let Some(w) = self.worker.take() {
+            w.stop(&format!("virtio-fs {}", self.config.tag));
         }
     }
 }
@@ -429,7 +427,7 @@ impl VirtioDevice for Fs {
         let ready = ready_rx.recv();
         match ready {
             Ok(Ok(())) => {
-                self.worker = Some((handle, kill));
+                self.worker = Some(WorkerThread { handle, kill });
                 Ok(())
             }
             Ok(Err(e)) => {

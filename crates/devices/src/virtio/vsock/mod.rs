@@ -28,13 +28,14 @@ mod tests;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{ActivateError, Activation, VirtioDevice, copy_config, device_type, features};
+use super::{
+    ActivateError, Activation, VirtioDevice, WorkerThread, copy_config, device_type, features,
+};
 use conn::Limits;
 use muxer::{Muxer, Settings};
 use worker::Worker;
@@ -111,7 +112,7 @@ pub enum VsockError {
 pub struct Vsock {
     config: VsockConfig,
     listener: UnixListener,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    worker: Option<WorkerThread>,
 }
 
 impl Vsock {
@@ -153,7 +154,9 @@ impl Vsock {
 
     /// Whether the worker thread runs.
     pub fn is_running(&self) -> bool {
-        self.worker.as_ref().is_some_and(|(h, _)| !h.is_finished())
+        self.worker
+            .as_ref()
+            .is_some_and(|w| !w.handle.is_finished())
     }
 
     fn settings(&self) -> Settings {
@@ -205,13 +208,8 @@ impl Vsock {
     }
 
     fn stop_worker(&mut self) {
-        if let Some((handle, kill)) = self.worker.take() {
-            if let Err(e) = kill.write(1) {
-                log::error!("vsock: cannot stop the worker: {e}");
-            }
-            if handle.join().is_err() {
-                log::error!("vsock: the worker thread panicked");
-            }
+        if let Some(w) = self.worker.take() {
+            w.stop("vsock");
         }
     }
 }
@@ -250,7 +248,7 @@ impl VirtioDevice for Vsock {
             .name("vsock".into())
             .spawn(move || worker.run())
             .map_err(ActivateError::Thread)?;
-        self.worker = Some((handle, kill));
+        self.worker = Some(WorkerThread { handle, kill });
         Ok(())
     }
 
