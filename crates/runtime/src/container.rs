@@ -180,11 +180,6 @@ impl Container {
         self.dir.join("rw/upper")
     }
 
-    /// A directory for the running VM's socket and console log.
-    pub fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
-    }
-
     fn state_path(&self) -> PathBuf {
         self.dir.join("state.json")
     }
@@ -350,19 +345,16 @@ impl ContainerStore {
             }
             None => {
                 let seed = u64::from_str_radix(&id[..16], 16).unwrap_or(0);
-                let mut n = format!(
+                let base = format!(
                     "{}_{}",
                     ADJECTIVES[(seed % ADJECTIVES.len() as u64) as usize],
                     NAMES[((seed >> 8) % NAMES.len() as u64) as usize]
                 );
+                let mut n = base.clone();
                 let mut i = 1;
                 while existing.iter().any(|c| c.name == n) {
                     i += 1;
-                    n = format!(
-                        "{}_{}{i}",
-                        ADJECTIVES[(seed % ADJECTIVES.len() as u64) as usize],
-                        NAMES[((seed >> 8) % NAMES.len() as u64) as usize]
-                    );
+                    n = format!("{base}{i}");
                 }
                 n
             }
@@ -372,7 +364,7 @@ impl ContainerStore {
         std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
             .map_err(io("create", &tmp))?;
-        for sub in ["rw", "rw/upper", "rw/work", "run"] {
+        for sub in ["rw", "rw/upper", "rw/work"] {
             let p = tmp.join(sub);
             std::fs::create_dir(&p).map_err(io("create", &p))?;
         }
