@@ -39,7 +39,11 @@
 //! 4. agent sends [`Event::Exited`] once the process has exited and all its
 //!    output has been sent, then closes the connection.
 //!
-//! More processes (an `exec`) are more connections.
+//! More processes (an `exec`) are more connections. A process that is not
+//! the main one joins the main process's PID and mount namespaces while the
+//! main process runs, and is killed if its connection closes before it
+//! exits. A connection may instead open with [`Request::Top`] or
+//! [`Request::Stats`], answered by one [`Event::Top`] or [`Event::Stats`].
 //!
 //! The codec is blocking and generic over [`std::io::Read`] and
 //! [`std::io::Write`], so the agent (a static binary, no async runtime) and
@@ -53,13 +57,13 @@ pub mod hybrid;
 pub mod message;
 
 pub use frame::{FrameReader, FrameWriter, decode_payload, encode_frame};
-pub use message::{Event, ExitStatus, Hello, Request, RunSpec, TermSize};
+pub use message::{Event, ExitStatus, GuestStats, Hello, Request, RunSpec, TermSize};
 
 /// The protocol version this crate speaks. Bumped on any incompatible
 /// change to the messages (postcard encodes enum variants by index, so
 /// reordering or inserting variants is incompatible; appending is too, for
 /// an older peer that receives the new variant).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Identifies a husk peer in [`Hello`]: "husk" in ASCII.
 pub const MAGIC: u32 = u32::from_be_bytes(*b"husk");

@@ -185,6 +185,28 @@ pub enum Request {
     /// Ask for [`Event::Exited`]: sent when the process exits, or again at
     /// once if it already has.
     Wait,
+    /// Instead of [`Request::Run`], as a connection's first request: list
+    /// the container's processes (those in the main process's PID
+    /// namespace); answered by [`Event::Top`], then the agent closes.
+    Top,
+    /// Instead of [`Request::Run`], as a connection's first request: the
+    /// guest's own view of its resources; answered by [`Event::Stats`],
+    /// then the agent closes.
+    Stats,
+}
+
+/// The guest's view of its memory and CPU ([`Request::Stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// `MemTotal` of the guest's `/proc/meminfo`, in bytes.
+    pub mem_total: u64,
+    /// `MemAvailable`, in bytes.
+    pub mem_available: u64,
+    /// CPU time the guest spent busy (user, nice, system, irq, softirq of
+    /// `/proc/stat`), in nanoseconds.
+    pub cpu_busy_ns: u64,
+    /// Processes in the container (its PID namespace), 0 if it has none.
+    pub pids: u32,
 }
 
 /// Agent to host.
@@ -217,6 +239,16 @@ pub enum Event {
         /// What, for people.
         message: String,
     },
+    /// The answer to [`Request::Top`]: `ps`-style columns (PID, USER,
+    /// TIME, CMD, ...) and one row per process of the container.
+    Top {
+        /// Column titles.
+        titles: Vec<String>,
+        /// One row per process, as many cells as titles.
+        processes: Vec<Vec<String>>,
+    },
+    /// The answer to [`Request::Stats`].
+    Stats(GuestStats),
 }
 
 #[cfg(test)]
