@@ -33,6 +33,7 @@ use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 use crate::Volume;
+use crate::logs::LogConfig;
 
 /// Errors of the container store.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,117 @@ pub struct ContainerConfig {
     pub mem_size: u64,
     /// vCPUs.
     pub vcpus: u8,
+    /// The container's hostname (`--hostname`; default: the short id).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The signal `stop` sends first (`--stop-signal`, else the image's
+    /// StopSignal, else SIGTERM), as a number.
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
+    /// Seconds `stop` waits before SIGKILL (`--stop-timeout`; default 10).
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
+    /// `--restart`.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// `--log-opt`.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The main process's stdin stays open for `attach` (`-i`).
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// Remove the container when it exits (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// How the root directory reaches the guest.
+    #[serde(default)]
+    pub rootfs_via: crate::RootfsVia,
+    /// The guest kernel, agent and boot settings.
+    #[serde(default)]
+    pub vm: VmSettings,
+}
+
+/// What boots a container's VM, fixed at create time (Docker's
+/// `HostConfig.Runtime`, in effect).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct VmSettings {
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest agent (static).
+    pub agent: PathBuf,
+    /// Seconds to wait for the agent after the VM starts.
+    pub boot_timeout_s: u64,
+    /// Extra kernel command-line arguments.
+    pub kernel_args: String,
+    /// Copy the guest console to the monitor's log.
+    pub console: bool,
+}
+
+/// Docker's `--restart` policy, carried out by the monitor while it lives
+/// (nothing restarts containers after the host reboots).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never.
+    #[default]
+    No,
+    /// When the main process exits non-zero, at most this many times
+    /// (`None`: without limit).
+    OnFailure(Option<u32>),
+    /// Always, until stopped.
+    Always,
+    /// As `always`; the difference (after a daemon restart) does not arise
+    /// in husk, which has no daemon.
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// Parses `no`, `on-failure[:N]`, `always`, `unless-stopped`.
+    pub fn parse(s: &str) -> Result<RestartPolicy, String> {
+        Ok(match s.split_once(':') {
+            None if s == "no" => RestartPolicy::No,
+            None if s == "always" => RestartPolicy::Always,
+            None if s == "unless-stopped" => RestartPolicy::UnlessStopped,
+            None if s == "on-failure" => RestartPolicy::OnFailure(None),
+            Some(("on-failure", n)) => RestartPolicy::OnFailure(Some(
+                n.parse()
+                    .map_err(|_| format!("invalid restart policy {s:?}: the count must be a number"))?,
+            )),
+            Some(("always" | "no" | "unless-stopped", _)) => {
+                return Err(format!(
+                    "invalid restart policy {s:?}: maximum retry count can only be used with 'on-failure'"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "invalid restart policy {s:?}: expected no, on-failure[:N], always or unless-stopped"
+                ));
+            }
+        })
+    }
+
+    /// Docker's name for it (`HostConfig.RestartPolicy.Name`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure(_) => "on-failure",
+            RestartPolicy::Always => "always",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        }
+    }
+
+    /// Whether a main process that exited with `code` is started again,
+    /// after `restarts` restarts, unless the user stopped it.
+    pub fn restarts(self, code: i32, restarts: u32, stopped_by_user: bool) -> bool {
+        if stopped_by_user {
+            return false;
+        }
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure(max) => code != 0 && max.is_none_or(|m| restarts < m),
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        }
+    }
 }
 
 /// A container's record: identity plus configuration.
@@ -124,26 +236,78 @@ struct Record {
 pub enum Status {
     /// Never started.
     Created,
-    /// A `husk` process is running it.
+    /// Its monitor runs it (booting, or its main process running).
     Running,
-    /// Its main process has exited (or the `husk` running it died).
+    /// Running, with the VM's vCPUs stopped.
+    Paused,
+    /// Its main process exited and the restart policy starts it again.
+    Restarting,
+    /// Its main process has exited (or its monitor died).
     Exited,
 }
 
+impl Status {
+    /// Docker's `State.Status` word.
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Restarting => "restarting",
+            Status::Exited => "exited",
+        }
+    }
+
+    /// A monitor owns the container (running, paused or restarting).
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Running | Status::Paused | Status::Restarting)
+    }
+}
+
 /// A container's state.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
-    /// Created, running or exited.
+    /// Where it is.
     pub status: Status,
-    /// The `husk` process running it.
+    /// The monitor process running it.
     pub pid: Option<u32>,
+    /// The monitor's start time (clock ticks after boot, from
+    /// `/proc/PID/stat`), which tells it from a later process that got the
+    /// same pid.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
     /// The main process's exit code (128+N for signal N); `None` if it is
-    /// unknown (husk itself failed or was killed).
+    /// unknown (the monitor failed or was killed).
     pub exit_code: Option<i32>,
     /// Seconds since the epoch.
     pub started_at: Option<u64>,
     /// Seconds since the epoch.
     pub finished_at: Option<u64>,
+    /// How often the restart policy started it again.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// The main process has started (in this run).
+    #[serde(default)]
+    pub main_started: bool,
+    /// Why the last start failed, for people.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl State {
+    fn created() -> State {
+        State {
+            status: Status::Created,
+            pid: None,
+            pid_start: None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            restart_count: 0,
+            main_started: false,
+            error: None,
+        }
+    }
 }
 
 /// A container as `husk ps` shows it.
@@ -184,32 +348,62 @@ impl Container {
         self.dir.join("state.json")
     }
 
-    /// Marks the container running in this process, for as long as the
-    /// returned guard lives; it fails if another process runs it.
+    /// The container's directory (0700): its records, writable layer, log,
+    /// control socket and VM files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the running VM's socket, initramfs and console log go.
+    pub fn sandbox_dir(&self) -> PathBuf {
+        self.dir.join("sandbox")
+    }
+
+    /// The current file of the container's json-file log.
+    pub fn log_path(&self) -> PathBuf {
+        crate::logs::log_path(&self.dir, &self.id)
+    }
+
+    /// The name shown as the container's hostname.
+    pub fn hostname(&self) -> String {
+        self.config
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.short_id().to_owned())
+    }
+
+    /// Marks the container running in this process (its monitor), for as
+    /// long as the returned guard lives; it fails if another process runs
+    /// it.
     pub fn begin(&mut self) -> Result<RunGuard, ContainerError> {
         let lock_path = self.dir.join("running.lock");
         let Some(lock) = try_lock(&lock_path)? else {
             return Err(ContainerError::AlreadyRunning(self.name.clone()));
         };
+        let me = std::process::id();
         self.state = State {
             status: Status::Running,
-            pid: Some(std::process::id()),
+            pid: Some(me),
+            pid_start: process_start_time(me),
             exit_code: None,
             started_at: Some(now()),
             finished_at: None,
+            restart_count: 0,
+            main_started: false,
+            error: None,
         };
         write_json(&self.state_path(), &self.state)?;
         Ok(RunGuard {
             state_path: self.state_path(),
-            state: self.state,
+            state: self.state.clone(),
             _lock: lock,
         })
     }
 }
 
-/// Held while a container runs; [`RunGuard::finish`] records the exit.
-/// Dropped without `finish`, the container reads as exited with an unknown
-/// code.
+/// Held by a container's monitor while it runs the container;
+/// [`RunGuard::finish`] records the exit. Dropped without `finish`, the
+/// container reads as exited with an unknown code.
 #[derive(Debug)]
 pub struct RunGuard {
     state_path: PathBuf,
@@ -218,6 +412,17 @@ pub struct RunGuard {
 }
 
 impl RunGuard {
+    /// The state as last written.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Changes the state and writes it atomically.
+    pub fn update(&mut self, f: impl FnOnce(&mut State)) -> Result<(), ContainerError> {
+        f(&mut self.state);
+        write_json(&self.state_path, &self.state)
+    }
+
     /// Records how the main process ended (`None`: unknown).
     pub fn finish(mut self, exit_code: Option<i32>) -> Result<(), ContainerError> {
         self.state.exit_code = exit_code;
@@ -227,6 +432,7 @@ impl RunGuard {
     fn record_exit(&mut self) -> Result<(), ContainerError> {
         self.state.status = Status::Exited;
         self.state.pid = None;
+        self.state.pid_start = None;
         self.state.finished_at = Some(now());
         write_json(&self.state_path, &self.state)
     }
@@ -234,9 +440,28 @@ impl RunGuard {
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        if self.state.status == Status::Running {
+        if self.state.status != Status::Exited {
             let _ = self.record_exit();
         }
+    }
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`, clock
+/// ticks after boot), or `None` if there is no such process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields from 3 on; the start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the monitor that `state` names still runs (the same process,
+/// not a later one with its pid).
+pub fn monitor_alive(state: &State) -> bool {
+    match (state.pid, state.pid_start) {
+        (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
+        _ => false,
     }
 }
 
@@ -307,11 +532,71 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl ContainerStore {
-    /// Opens (creating if needed) `<root>/containers`.
+    /// Opens (creating if needed) `<root>/containers`, and collects what
+    /// crashed creates and removals left.
     pub fn open(root: &Path) -> Result<Self, ContainerError> {
         let dir = root.join("containers");
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        Ok(Self { dir })
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("create", &dir))?;
+        let store = Self { dir };
+        store.collect_leftovers();
+        Ok(store)
+    }
+
+    /// Removes `.tmp-*` (a create that died: creates hold `.create.lock`,
+    /// so none is in progress while we hold it) and `.rm-*` (a removal that
+    /// died: removals hold the container's lock, so one whose lock is free
+    /// is abandoned).
+    fn collect_leftovers(&self) {
+        let lock_path = self.dir.join(".create.lock");
+        let Ok(lock) = File::create(&lock_path) else {
+            return;
+        };
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let abandoned = if name.starts_with(".tmp-") {
+                true
+            } else if name.starts_with(".rm-") {
+                matches!(try_lock(&e.path().join("running.lock")), Ok(Some(_)))
+            } else {
+                false
+            };
+            if abandoned {
+                log::info!("removing {}, left by a crashed husk", e.path().display());
+                let _ = remove_tree(&e.path());
+            }
+        }
+    }
+
+    /// Gives a container a new name.
+    pub fn rename(&self, container: &Container, new: &str) -> Result<(), ContainerError> {
+        let lock_path = self.dir.join(".create.lock");
+        let lock = File::create(&lock_path).map_err(io("open", &lock_path))?;
+        rustix::fs::flock(&lock, FlockOperation::LockExclusive)
+            .map_err(|e| io("lock", &lock_path)(e.into()))?;
+        if !valid_name(new) {
+            return Err(ContainerError::BadName(format!(
+                "invalid container name {new:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        if let Some(c) = self.list()?.iter().find(|c| c.name == new) {
+            return Err(ContainerError::BadName(format!(
+                "the container name {new:?} is already in use by container {}",
+                c.short_id()
+            )));
+        }
+        let path = container.dir.join("config.json");
+        let mut record: Record = read_json(&path)?;
+        record.name = new.to_owned();
+        write_json(&path, &record)
     }
 
     /// Creates a container (its writable layer empty). `name`: as given by
@@ -379,13 +664,7 @@ impl ContainerStore {
             created: now(),
             config,
         };
-        let state = State {
-            status: Status::Created,
-            pid: None,
-            exit_code: None,
-            started_at: None,
-            finished_at: None,
-        };
+        let state = State::created();
         write_json(&tmp.join("config.json"), &record)?;
         write_json(&tmp.join("state.json"), &state)?;
         std::fs::rename(&tmp, &dir).map_err(io("create", &dir))?;
@@ -403,10 +682,31 @@ impl ContainerStore {
     fn load(&self, dir: PathBuf) -> Result<Container, ContainerError> {
         let record: Record = read_json(&dir.join("config.json"))?;
         let mut state: State = read_json(&dir.join("state.json"))?;
-        if state.status == Status::Running && !is_locked(&dir.join("running.lock")) {
-            // The husk that ran it is gone without recording the end.
+        if state.status.is_live() && !monitor_alive(&state) {
+            // The monitor is gone without recording the end (killed, or
+            // the host rebooted). The liveness check takes no lock, so it
+            // never disturbs a start; the record is mended only by whoever
+            // gets the lock, after reading the state again under it.
             state.status = Status::Exited;
             state.pid = None;
+            state.pid_start = None;
+            if let Ok(Some(lock)) = try_lock(&dir.join("running.lock")) {
+                if let Ok(mut now_state) = read_json::<State>(&dir.join("state.json"))
+                    && now_state.status.is_live()
+                    && !monitor_alive(&now_state)
+                {
+                    now_state.status = Status::Exited;
+                    now_state.pid = None;
+                    now_state.pid_start = None;
+                    now_state.finished_at = now_state.finished_at.or(Some(now()));
+                    let _ = write_json(&dir.join("state.json"), &now_state);
+                    state = now_state;
+                }
+                // What a dead monitor leaves: its sockets and VM files.
+                let _ = std::fs::remove_file(dir.join(crate::control::SOCKET));
+                let _ = remove_tree(&dir.join("sandbox"));
+                drop(lock);
+            }
         }
         Ok(Container {
             id: record.id,
@@ -471,9 +771,7 @@ impl ContainerStore {
             // The state as it is now (it may have started since it was
             // listed).
             let state: State = read_json(&container.state_path())?;
-            if let Some(pid) = state.pid {
-                kill_runner(pid, &lock_path);
-            }
+            kill_monitor(&container.dir, &state, &lock_path);
             lock = try_lock(&lock_path)?;
             if lock.is_none() {
                 return Err(ContainerError::Running(container.name.clone()));
@@ -504,6 +802,9 @@ fn try_lock(path: &Path) -> Result<Option<File>, ContainerError> {
     }
 }
 
+/// Whether someone holds the lock on `path`: a blocking-free probe that
+/// takes the lock for an instant, so only for waiting on a monitor that was
+/// told to exit.
 fn is_locked(path: &Path) -> bool {
     let Ok(f) = File::open(path) else {
         return false;
@@ -514,14 +815,28 @@ fn is_locked(path: &Path) -> bool {
     )
 }
 
-/// Kills the `husk` process running a container and waits (up to 10 s) for
-/// its lock to go.
-fn kill_runner(pid: u32, lock: &Path) {
-    if let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
+/// Ends a container's monitor (which takes its VM with it) and waits (up
+/// to 10 s) for its lock to go: through its control socket, or, if that
+/// fails, SIGKILL through a pidfd of the process the state names, checked
+/// to be that process (not a later one with its pid).
+fn kill_monitor(dir: &Path, state: &State, lock: &Path) {
+    let asked = crate::control::call(
+        dir,
+        &crate::control::CtlRequest::Stop {
+            signo: 9,
+            timeout_s: 0,
+        },
+    )
+    .is_ok();
+    if !asked
+        && let Some(pid) = state.pid
+        && let Some(raw) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        && let Ok(fd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        && monitor_alive(state)
     {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while is_locked(lock) && std::time::Instant::now() < deadline {
@@ -568,7 +883,64 @@ mod tests {
             tmpfs: vec!["/run".into()],
             mem_size: 256 << 20,
             vcpus: 1,
+            hostname: None,
+            stop_signal: None,
+            stop_timeout: None,
+            restart: RestartPolicy::No,
+            log: LogConfig::default(),
+            open_stdin: false,
+            auto_remove: false,
+            rootfs_via: crate::RootfsVia::VirtioFs,
+            vm: VmSettings::default(),
         }
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert_eq!(RestartPolicy::parse("no").unwrap(), RestartPolicy::No);
+        assert_eq!(
+            RestartPolicy::parse("on-failure:2").unwrap(),
+            RestartPolicy::OnFailure(Some(2))
+        );
+        assert!(RestartPolicy::parse("always:3").is_err());
+        assert!(RestartPolicy::parse("sometimes").is_err());
+        let p = RestartPolicy::OnFailure(Some(2));
+        assert!(p.restarts(1, 0, false) && p.restarts(1, 1, false));
+        assert!(!p.restarts(1, 2, false) && !p.restarts(0, 0, false));
+        assert!(RestartPolicy::Always.restarts(0, 100, false));
+        assert!(!RestartPolicy::Always.restarts(0, 0, true));
+    }
+
+    #[test]
+    fn start_times_tell_processes_apart() {
+        let me = std::process::id();
+        let start = process_start_time(me).unwrap();
+        let mut st = State::created();
+        st.pid = Some(me);
+        st.pid_start = Some(start);
+        assert!(monitor_alive(&st));
+        st.pid_start = Some(start + 1);
+        assert!(!monitor_alive(&st));
+        st.pid = Some(u32::MAX - 1);
+        assert!(!monitor_alive(&st));
+    }
+
+    #[test]
+    fn leftovers_of_crashes_are_collected() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContainerStore::open(root.path()).unwrap();
+        let dir = root.path().join("containers");
+        std::fs::create_dir_all(dir.join(".tmp-abc/rw")).unwrap();
+        std::fs::create_dir_all(dir.join(".rm-def/rw/upper")).unwrap();
+        std::fs::write(dir.join(".rm-def/running.lock"), b"").unwrap();
+        // A removal in progress holds the lock: its directory stays.
+        std::fs::create_dir_all(dir.join(".rm-busy")).unwrap();
+        let busy = try_lock(&dir.join(".rm-busy/running.lock")).unwrap().unwrap();
+        drop(store);
+        let _store = ContainerStore::open(root.path()).unwrap();
+        assert!(!dir.join(".tmp-abc").exists() && !dir.join(".rm-def").exists());
+        assert!(dir.join(".rm-busy").exists());
+        drop(busy);
     }
 
     #[test]
@@ -648,13 +1020,16 @@ mod tests {
         let state = State {
             status: Status::Running,
             pid: Some(1),
-            exit_code: None,
             started_at: Some(1),
-            finished_at: None,
+            ..State::created()
         };
         write_json(&c.state_path(), &state).unwrap();
         let c = store.find("x").unwrap();
         assert_eq!((c.state.status, c.state.exit_code), (Status::Exited, None));
+        // The record is mended once, with the time the death was seen.
+        let seen: State = read_json(&c.state_path()).unwrap();
+        assert_eq!(seen.status, Status::Exited);
+        assert!(seen.finished_at.is_some());
         // A dropped guard records an unknown exit.
         let mut c = c;
         drop(c.begin().unwrap());

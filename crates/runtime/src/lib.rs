@@ -15,6 +15,11 @@
 #![deny(missing_docs)]
 
 pub mod container;
+pub mod control;
+pub mod engine;
+pub mod logs;
+pub mod monitor;
+mod shim;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -70,6 +75,9 @@ pub enum RuntimeError {
     /// The connection ended without an exit status.
     #[error("the guest agent closed the connection before the process exited")]
     NoExitStatus,
+    /// The boot was given up ([`SandboxConfig::cancel`]).
+    #[error("the start was cancelled")]
+    Cancelled,
 }
 
 /// How to build a sandbox.
@@ -105,10 +113,14 @@ pub struct SandboxConfig {
     pub cmdline_extra: String,
     /// Also copy the guest console to this process's stderr.
     pub console_to_stderr: bool,
+    /// Set (by another thread) to give up booting: [`Sandbox::start`] stops
+    /// the VM and returns [`RuntimeError::Cancelled`].
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// How the container's root directory reaches the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RootfsVia {
     /// A read-only virtio-fs share (tag `rootfs`), never changed; the
     /// container writes to an overlay whose upper layer is
@@ -397,6 +409,14 @@ impl Sandbox {
                     },
                 });
             }
+            if config
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                sandbox.kill();
+                return Err(RuntimeError::Cancelled);
+            }
             if started.elapsed() > config.boot_timeout {
                 sandbox.kill();
                 return Err(RuntimeError::AgentTimeout(config.boot_timeout));
@@ -462,6 +482,18 @@ impl Sandbox {
         stdio: Stdio,
         control: Option<Receiver<Control>>,
     ) -> Result<(ExitStatus, ExecTimes), RuntimeError> {
+        self.exec_notify(spec, stdio, control, |_| {})
+    }
+
+    /// [`Sandbox::exec`], calling `started` with the process's guest pid
+    /// once the agent has started it.
+    pub fn exec_notify(
+        &self,
+        spec: RunSpec,
+        stdio: Stdio,
+        control: Option<Receiver<Control>>,
+        started: impl FnOnce(u32),
+    ) -> Result<(ExitStatus, ExecTimes), RuntimeError> {
         let t0 = Instant::now();
         let stream = self.connect()?;
         let mut reader = FrameReader::new(
@@ -485,7 +517,8 @@ impl Sandbox {
             .map_err(RuntimeError::Protocol)?;
         match reader.recv::<Event>().map_err(RuntimeError::Protocol)? {
             Some(Event::Started { pid }) => {
-                log::debug!("container process started as guest pid {pid}")
+                log::debug!("container process started as guest pid {pid}");
+                started(pid);
             }
             Some(Event::Error { message }) => return Err(RuntimeError::Start(message)),
             Some(other) => return Err(RuntimeError::Start(format!("unexpected answer {other:?}"))),
