@@ -105,7 +105,12 @@ pub fn rmi(
     for i in images {
         if !force
             && let Ok(image) = store.resolve(i)
-            && let Some(c) = crate::containers::users_of(containers, &image.id.to_string())?.first()
+            && let Some(c) = containers
+                .list()?
+                .into_iter()
+                .filter(|c| c.config.image_id.as_deref() == Some(image.id.to_string().as_str()))
+                .collect::<Vec<_>>()
+                .first()
         {
             eprintln!(
                 "husk: error: conflict: unable to remove image {i} (must force): container {} ({}) is using it",

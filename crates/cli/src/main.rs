@@ -36,17 +36,83 @@ enum Command {
     Boot(BootArgs),
     /// Run a command in a new container, in its own microVM.
     Run(run::RunArgs),
-    /// Run a stopped container again, in the foreground, on the writable layer it left.
+    /// Create a container without starting it.
+    Create(run::RunArgs),
+    /// Start stopped containers (in the background; -a to attach).
     Start(run::StartArgs),
-    /// List containers.
-    Ps {
-        /// Show all containers (default: running ones).
-        #[arg(short = 'a', long)]
-        all: bool,
-        /// Only show container ids.
-        #[arg(short = 'q', long)]
-        quiet: bool,
+    /// Stop running containers: the stop signal, then SIGKILL after a grace period.
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
     },
+    /// Restart containers.
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers' main processes (default SIGKILL).
+    Kill {
+        /// The signal (name or number).
+        #[arg(short = 's', long = "signal", default_value = "KILL")]
+        signal: String,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Wait for containers to stop and print their exit codes.
+    Wait {
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Attach this terminal to a running container's main process.
+    Attach(run::AttachArgs),
+    /// Run a command in a running container.
+    Exec(run::ExecArgs),
+    /// Show a container's output.
+    Logs(containers::LogsArgs),
+    /// Stop all processes of containers (the VM's vCPUs).
+    Pause {
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Resume paused containers.
+    Unpause {
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show a container's processes.
+    Top {
+        /// The container.
+        container: String,
+    },
+    /// Show containers' resource use (CPU and memory of each VM).
+    Stats {
+        /// Print one sample and exit.
+        #[arg(long)]
+        no_stream: bool,
+        /// The containers (default: all running).
+        containers: Vec<String>,
+    },
+    /// Rename a container.
+    Rename {
+        /// The container.
+        container: String,
+        /// Its new name.
+        new_name: String,
+    },
+    /// List containers.
+    Ps(containers::PsArgs),
     /// Remove containers and their writable layers.
     Rm {
         /// Kill and remove a running container.
@@ -66,6 +132,15 @@ enum Command {
     Diff {
         /// The container.
         container: String,
+    },
+    /// The monitor of one container (started by husk itself).
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        /// Run the main process once a client has attached.
+        #[arg(long)]
+        attach: bool,
+        /// The container's id.
+        id: String,
     },
     /// Download an image from a registry.
     Pull {
@@ -285,76 +360,134 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         })
 }
 
+/// Prints an error with its cause chain and a hint.
+pub fn print_error(err: &anyhow::Error) {
+    eprintln!("husk: error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if let Some(h) = hint(err) {
+        eprintln!("hint: {h}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let run_family = matches!(
+        cli.command,
+        Command::Run(_) | Command::Create(_) | Command::Start(_) | Command::Boot(_)
+    );
     env_logger::Builder::new()
         .parse_filters(&cli.log_level)
         .format_target(false)
         .init();
-    let result = match cli.command {
-        Command::Boot(args) => boot(args),
-        Command::Host => Ok(host()),
-        Command::Run(args) => run::run(args, cli.root),
-        Command::Start(args) => run::start(args, cli.root),
-        Command::Ps { all, quiet } => {
-            containers::open(cli.root).and_then(|s| containers::ps(&s, all, quiet))
-        }
-        Command::Rm {
-            force,
-            containers: list,
-        } => containers::open(cli.root).and_then(|s| containers::rm(&s, &list, force)),
-        Command::Inspect { names } => images::open_store(cli.root).and_then(|s| {
-            let containers = husk_runtime::container::ContainerStore::open(s.root())?;
-            containers::inspect(&containers, &s, &names)
-        }),
-        Command::Diff { container } => {
-            containers::open(cli.root).and_then(|s| containers::diff(&s, &container))
-        }
-        Command::Pull { image } => {
-            images::open_store(cli.root).and_then(|s| images::pull(&s, &image))
-        }
-        Command::Load { input } => {
-            images::open_store(cli.root).and_then(|s| images::load(&s, input))
-        }
-        Command::Import { dir, name, cmd } => {
-            images::open_store(cli.root).and_then(|s| images::import(&s, dir, &name, cmd))
-        }
-        Command::Images => images::open_store(cli.root).and_then(|s| images::images(&s)),
-        Command::Rmi {
-            force,
-            images: list,
-        } => images::open_store(cli.root).and_then(|s| {
-            let containers = husk_runtime::container::ContainerStore::open(s.root())?;
-            images::rmi(&s, &containers, &list, force)
-        }),
-        Command::Tag { source, target } => {
-            images::open_store(cli.root).and_then(|s| images::tag(&s, &source, &target))
-        }
-        Command::Image {
-            command: ImageCommand::Inspect { images: list },
-        } => images::open_store(cli.root).and_then(|s| images::inspect(&s, &list)),
-        Command::Login {
-            username,
-            password_stdin,
-            registry,
-        } => images::open_store(cli.root)
-            .and_then(|s| images::login(&s, &registry, username, password_stdin)),
-        Command::Logout { registry } => {
-            images::open_store(cli.root).and_then(|s| images::logout(&s, &registry))
-        }
-        Command::PackInitramfs { dir, output } => pack_initramfs(&dir, &output),
-    };
+    let root = cli.root.clone();
+    let engine = || run::engine(root.clone());
+    let result =
+        match cli.command {
+            Command::Boot(args) => boot(args),
+            Command::Host => Ok(host()),
+            Command::Run(args) => run::run(args, cli.root),
+            Command::Create(args) => run::create(args, cli.root),
+            Command::Start(args) => run::start(args, cli.root),
+            Command::Attach(args) => run::attach(args, cli.root),
+            Command::Exec(args) => run::exec(args, cli.root),
+            Command::Monitor { attach, id } => {
+                let root = cli.root.unwrap_or_else(husk_image::Store::default_root);
+                let code = husk_runtime::monitor::run(&root, &id, attach);
+                Ok(ExitCode::from(code.clamp(0, 255) as u8))
+            }
+            Command::Stop { time, containers } => engine()
+                .and_then(|e| containers::each(&containers, |n| e.stop(n, time).map(|_| ()))),
+            Command::Restart { time, containers } => engine()
+                .and_then(|e| containers::each(&containers, |n| e.restart(n, time).map(|_| ()))),
+            Command::Kill { signal, containers } => engine().and_then(|e| {
+                let signo = husk_runtime::engine::parse_signal(&signal)?;
+                containers::each(&containers, |n| e.kill(n, signo))
+            }),
+            Command::Wait { containers } => engine().and_then(|e| {
+                let mut failed = false;
+                for n in &containers {
+                    match e.wait(n) {
+                        Ok(code) => println!("{code}"),
+                        Err(err) => {
+                            eprintln!("{}", run::daemon_error(&err));
+                            failed = true;
+                        }
+                    }
+                }
+                Ok(if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }),
+            Command::Logs(args) => engine().and_then(|e| containers::logs(&e, &args)),
+            Command::Pause { containers } => {
+                engine().and_then(|e| containers::each(&containers, |n| e.pause(n)))
+            }
+            Command::Unpause { containers } => {
+                engine().and_then(|e| containers::each(&containers, |n| e.unpause(n)))
+            }
+            Command::Top { container } => engine().and_then(|e| containers::top(&e, &container)),
+            Command::Stats {
+                no_stream,
+                containers,
+            } => engine().and_then(|e| containers::stats(&e, &containers, no_stream)),
+            Command::Rename {
+                container,
+                new_name,
+            } => engine().map(|e| match containers::one(e.rename(&container, &new_name)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            }),
+            Command::Ps(args) => engine().and_then(|e| containers::ps(&e, &args)),
+            Command::Rm {
+                force,
+                containers: list,
+            } => engine().and_then(|e| containers::each(&list, |n| e.remove(n, force).map(|_| ()))),
+            Command::Inspect { names } => engine().and_then(|e| containers::inspect(&e, &names)),
+            Command::Diff { container } => engine().and_then(|e| containers::diff(&e, &container)),
+            Command::Pull { image } => {
+                images::open_store(cli.root).and_then(|s| images::pull(&s, &image))
+            }
+            Command::Load { input } => {
+                images::open_store(cli.root).and_then(|s| images::load(&s, input))
+            }
+            Command::Import { dir, name, cmd } => {
+                images::open_store(cli.root).and_then(|s| images::import(&s, dir, &name, cmd))
+            }
+            Command::Images => images::open_store(cli.root).and_then(|s| images::images(&s)),
+            Command::Rmi {
+                force,
+                images: list,
+            } => images::open_store(cli.root).and_then(|s| {
+                let containers = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::rmi(&s, &containers, &list, force)
+            }),
+            Command::Tag { source, target } => {
+                images::open_store(cli.root).and_then(|s| images::tag(&s, &source, &target))
+            }
+            Command::Image {
+                command: ImageCommand::Inspect { images: list },
+            } => images::open_store(cli.root).and_then(|s| images::inspect(&s, &list)),
+            Command::Login {
+                username,
+                password_stdin,
+                registry,
+            } => images::open_store(cli.root)
+                .and_then(|s| images::login(&s, &registry, username, password_stdin)),
+            Command::Logout { registry } => {
+                images::open_store(cli.root).and_then(|s| images::logout(&s, &registry))
+            }
+            Command::PackInitramfs { dir, output } => pack_initramfs(&dir, &output),
+        };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("husk: error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            if let Some(h) = hint(&err) {
-                eprintln!("hint: {h}");
-            }
-            ExitCode::from(125)
+            print_error(&err);
+            // Docker's: 125 for the run family's own failures, 1 otherwise.
+            ExitCode::from(if run_family { 125 } else { 1 })
         }
     }
 }

@@ -1,18 +1,22 @@
-//! `husk run`: a container process in its own microVM, with Docker's flags
-//! and exit-code conventions.
+//! `husk run`, `create`, `start`, `attach` and `exec`: the commands that
+//! connect this terminal to a container's process. The lifecycle itself is
+//! `husk_runtime::engine`; this file parses flags and moves bytes.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use husk_runtime::{ExitStatus, RunSpec, RuntimeError, SandboxConfig, Stdio, TermSize};
+use husk_runtime::container::{RestartPolicy, VmSettings};
+use husk_runtime::control::{CtlEvent, CtlRequest, Session};
+use husk_runtime::engine::{CreateOptions, Engine, EngineError};
+use husk_runtime::{Control, RootfsVia};
 
 use crate::term;
 
-/// Where the guest comes from: shared by `husk run` and `husk start`.
+/// Where the guest comes from.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmArgs {
     /// The guest kernel (default: $HUSK_KERNEL, husk-vmlinux beside husk, or the newest built one).
@@ -21,7 +25,7 @@ pub struct VmArgs {
     /// The guest agent (default: $HUSK_AGENT or husk-agent beside husk).
     #[arg(long, env = "HUSK_AGENT")]
     pub agent: Option<PathBuf>,
-    /// Copy the guest's kernel console to stderr.
+    /// Copy the guest's kernel console to the container's monitor.log.
     #[arg(long)]
     pub console: bool,
     /// Extra guest kernel command-line arguments (debugging).
@@ -32,9 +36,12 @@ pub struct VmArgs {
     pub boot_timeout: u64,
 }
 
-/// `husk run` flags.
+/// `husk run` / `husk create` flags.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
+    /// Run in the background and print the container's id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Run in this root directory instead of an image (then every argument
     /// is the command).
     #[arg(long)]
@@ -56,8 +63,7 @@ pub struct RunArgs {
     pub tmpfs: Vec<String>,
     /// How the root directory reaches the guest: virtiofs (shared read-only,
     /// under the container's writable layer kept on the host) or initramfs
-    /// (copied; for debugging: the container's writes are not kept, as with
-    /// --rm).
+    /// (copied; for debugging: the container's writes are not kept).
     #[arg(long, value_enum, default_value_t = RootfsViaArg::Virtiofs)]
     pub rootfs_via: RootfsViaArg,
     /// Set an environment variable (NAME=VALUE, or NAME to copy it from here).
@@ -66,7 +72,7 @@ pub struct RunArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long = "workdir")]
     pub workdir: Option<String>,
-    /// User (UID[:GID], numeric) to run as.
+    /// User (name or UID[:GROUP]) to run as.
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
     /// Keep stdin open and pass it to the container.
@@ -75,6 +81,24 @@ pub struct RunArgs {
     /// Give the container a pseudo-terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// The container's hostname (default: its short id).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped.
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    /// Signal that `stop` sends first (default: the image's, else SIGTERM).
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before SIGKILL (default 10).
+    #[arg(long)]
+    pub stop_timeout: Option<u64>,
+    /// Log options: max-size=SIZE, max-file=N.
+    #[arg(long = "log-opt")]
+    pub log_opts: Vec<String>,
+    /// Keys that detach from the container (default ctrl-p,ctrl-q).
+    #[arg(long, default_value = "ctrl-p,ctrl-q")]
+    pub detach_keys: String,
     /// Guest memory in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 256)]
     pub memory: u64,
@@ -95,17 +119,63 @@ pub struct RunArgs {
 /// `husk start` flags.
 #[derive(clap::Args, Debug)]
 pub struct StartArgs {
-    /// Attach stdout and stderr (always: husk has no daemon, so the
-    /// container runs in the foreground, as `docker start -a`).
+    /// Attach stdout and stderr and wait for the container to exit.
     #[arg(short = 'a', long)]
     pub attach: bool,
     /// Attach stdin.
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    #[command(flatten)]
-    pub vm: VmArgs,
-    /// The container: name, id or id prefix.
+    /// Keys that detach from the container.
+    #[arg(long, default_value = "ctrl-p,ctrl-q")]
+    pub detach_keys: String,
+    /// The containers: names, ids or id prefixes.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// `husk attach` flags.
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    /// Do not attach stdin.
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// Keys that detach from the container.
+    #[arg(long, default_value = "ctrl-p,ctrl-q")]
+    pub detach_keys: String,
+    /// Pass received signals to the container.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub sig_proxy: bool,
+    /// The container.
     pub container: String,
+}
+
+/// `husk exec` flags.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the process a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Run it in the background.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Set an environment variable.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// User (name or UID[:GROUP]).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Keys that detach (ignored: an exec ends with its process).
+    #[arg(long, default_value = "ctrl-p,ctrl-q")]
+    pub detach_keys: String,
+    /// CONTAINER COMMAND [ARG...]
+    #[arg(trailing_var_arg = true, required = true, num_args = 2..)]
+    pub args: Vec<String>,
 }
 
 /// `--rootfs-via`.
@@ -148,447 +218,431 @@ fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .context("no guest agent found (give --agent or HUSK_AGENT; ./dev build puts husk-agent beside husk)")
 }
 
-fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
-    let (u, g) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    let uid: u32 = u.parse().with_context(|| {
-        format!("--user {s}: only numeric UID[:GID] is supported without an image")
-    })?;
-    let gid: u32 = match g {
-        Some(g) => g
-            .parse()
-            .with_context(|| format!("--user {s}: GID must be numeric"))?,
-        None => uid,
-    };
-    Ok((uid, gid))
+fn vm_settings(vm: &VmArgs) -> anyhow::Result<VmSettings> {
+    let kernel = find_kernel(vm.kernel.clone())?;
+    let agent = find_agent(vm.agent.clone())?;
+    let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    Ok(VmSettings {
+        kernel: abs(kernel),
+        agent: abs(agent),
+        boot_timeout_s: vm.boot_timeout,
+        kernel_args: vm.kernel_args.clone(),
+        console: vm.console,
+    })
 }
 
-/// The process for `--rootfs`: the command as given, Docker's default environment.
-fn build_spec(args: &RunArgs, size: Option<TermSize>) -> anyhow::Result<RunSpec> {
-    let mut spec = RunSpec::new(&args.args);
-    // Docker's defaults for a container without an image config.
-    spec = spec.env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
-    spec = spec.env("HOSTNAME", "husk");
-    if args.tty {
-        spec = spec.env(
-            "TERM",
-            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
-        );
-    }
-    for e in &args.env {
-        match e.split_once('=') {
-            Some(("", _)) => bail!("-e {e}: empty variable name"),
-            Some((k, v)) => spec = spec.env(k, v),
-            None => {
-                if let Some(v) = std::env::var_os(e) {
-                    spec = spec.env(e, v);
-                }
-            }
+/// Parses `--detach-keys` (`ctrl-p,ctrl-q`, `a`, `ctrl-@`).
+pub fn parse_detach_keys(s: &str) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for k in s.split(',') {
+        let k = k.trim();
+        if let Some(c) = k.strip_prefix("ctrl-") {
+            let b = match c.as_bytes() {
+                [b] if b.is_ascii_alphabetic() => b.to_ascii_lowercase() - b'a' + 1,
+                [b'@'] => 0,
+                [b'['] => 27,
+                [b'\\'] => 28,
+                [b']'] => 29,
+                [b'^'] => 30,
+                [b'_'] => 31,
+                _ => bail!("invalid detach key {k:?}"),
+            };
+            out.push(b);
+        } else if k.len() == 1 {
+            out.push(k.as_bytes()[0]);
+        } else {
+            bail!("invalid detach key {k:?}: expected a letter or ctrl-<value>");
         }
     }
-    if let Some(w) = &args.workdir {
-        if !w.starts_with('/') {
-            bail!("-w {w}: the working directory must be an absolute path");
-        }
-        spec = spec.cwd(w);
-    }
-    if let Some(u) = &args.user {
-        let (uid, gid) = parse_user(u)?;
-        spec = spec.user(uid, gid);
-    }
-    if args.tty {
-        spec = spec.tty(size);
-    }
-    Ok(spec)
+    Ok(out)
 }
 
-/// The process for an image: its config with the overrides, as Docker resolves it.
-fn image_spec(
-    args: &RunArgs,
-    image: &husk_image::Image,
-    rootfs: &std::path::Path,
-    size: Option<TermSize>,
-) -> anyhow::Result<RunSpec> {
-    let overrides = husk_image::RunOverrides {
+/// The engine over the store.
+pub fn engine(root: Option<PathBuf>) -> anyhow::Result<Engine> {
+    let root = root.unwrap_or_else(husk_image::Store::default_root);
+    let program = std::env::current_exe().context("cannot find the husk binary")?;
+    Engine::open(
+        &root,
+        husk_runtime::engine::MonitorCommand {
+            program,
+            args: vec!["--log-level".into(), "info".into(), "__monitor".into()],
+        },
+    )
+    .with_context(|| format!("cannot open the store at {}", root.display()))
+}
+
+fn create_options(args: &RunArgs, tty: bool) -> anyhow::Result<CreateOptions> {
+    let (image, cmd) = match &args.rootfs {
+        Some(_) => (String::new(), args.args.clone()),
+        None => (args.args[0].clone(), args.args[1..].to_vec()),
+    };
+    Ok(CreateOptions {
+        image,
+        rootfs: args.rootfs.clone(),
+        name: args.name.clone(),
+        cmd,
         entrypoint: args.entrypoint.clone(),
-        cmd: args.args[1..].to_vec(),
         env: args.env.clone(),
         workdir: args.workdir.clone(),
         user: args.user.clone(),
-        hostname: Some("husk".into()),
         tty: args.tty,
-    };
-    let p = husk_image::resolve_process(&image.config, Some(rootfs), &overrides, &|k| {
-        std::env::var(k).ok()
-    })
-    .context("cannot work out the container's process from the image")?;
-    if p.args.is_empty() {
-        bail!(
-            "no command specified: the image has no Entrypoint or Cmd; give one after the image name"
-        );
-    }
-    let mut spec = RunSpec::new(&p.args)
-        .cwd(&p.cwd)
-        .user(p.user.uid, p.user.gid);
-    spec.additional_gids = p.user.additional_gids.clone();
-    for kv in &p.env {
-        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-        spec = spec.env(k, v);
-    }
-    if args.tty {
-        spec = spec.tty(size);
-    }
-    Ok(spec)
-}
-
-/// The container's root directory and process, and the image lease that
-/// keeps its rootfs from being garbage collected while it runs.
-struct Root {
-    image: String,
-    image_id: Option<String>,
-    path: PathBuf,
-    spec: RunSpec,
-    _lease: Option<husk_image::Rootfs>,
-}
-
-fn resolve_root(
-    args: &RunArgs,
-    store: &husk_image::Store,
-    size: Option<TermSize>,
-) -> anyhow::Result<Root> {
-    if let Some(dir) = &args.rootfs {
-        if !dir.is_dir() {
-            bail!("--rootfs {}: not a directory", dir.display());
-        }
-        if args.entrypoint.is_some() {
-            bail!("--entrypoint needs an image, not --rootfs");
-        }
-        let path =
-            std::fs::canonicalize(dir).with_context(|| format!("--rootfs {}", dir.display()))?;
-        return Ok(Root {
-            image: path.display().to_string(),
-            image_id: None,
-            path,
-            spec: build_spec(args, size)?,
-            _lease: None,
-        });
-    }
-    let name = &args.args[0];
-    let opts = husk_image::RegistryOptions::for_store(store);
-    let image = husk_image::resolve_or_pull(store, name, &opts, &husk_image::StderrProgress::new())
-        .with_context(|| format!("cannot find or pull image {name}"))?;
-    let rootfs = store
-        .rootfs(&image, husk_image::UnpackLimits::default())
-        .with_context(|| format!("cannot unpack image {name}"))?;
-    let spec = image_spec(args, &image, &rootfs.path, size)?;
-    Ok(Root {
-        image: name.clone(),
-        image_id: Some(image.id.to_string()),
-        path: rootfs.path.clone(),
-        spec,
-        _lease: Some(rootfs),
+        term_size: if tty { term::size(0) } else { None },
+        open_stdin: args.interactive,
+        volumes: args.volumes.clone(),
+        tmpfs: args.tmpfs.clone(),
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        hostname: args.hostname.clone(),
+        stop_signal: args.stop_signal.clone(),
+        stop_timeout: args.stop_timeout,
+        restart: RestartPolicy::parse(&args.restart).map_err(anyhow::Error::msg)?,
+        log_opts: args.log_opts.clone(),
+        auto_remove: args.rm,
+        rootfs_via: match args.rootfs_via {
+            RootfsViaArg::Virtiofs => RootfsVia::VirtioFs,
+            RootfsViaArg::Initramfs => RootfsVia::Initramfs,
+        },
+        vm: vm_settings(&args.vm)?,
     })
 }
 
-/// Exit code of `husk run`/`start` for a container's exit status.
-fn exit_code(status: ExitStatus) -> i32 {
-    match status {
-        ExitStatus::Code(c) => c,
-        ExitStatus::Signal(s) => 128 + s,
+/// `husk create`: prints the new container's id.
+pub fn create(args: RunArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let engine = engine(root)?;
+    let opts = create_options(&args, false)?;
+    let c = engine
+        .create(&opts, &husk_image::StderrProgress::new())
+        .context("cannot create the container")?;
+    println!("{}", c.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk run`: creates a container and runs it, in the foreground (attached)
+/// or with `-d` in the background.
+pub fn run(args: RunArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    if args.detach && args.rm && args.restart != "no" {
+        bail!("conflicting options: --restart and --rm");
     }
-}
-
-/// What runs one container's VM, for `run` and `start`.
-struct Launch {
-    interactive: bool,
-    /// The host terminal is a tty and the container has one.
-    tty: bool,
-}
-
-/// Boots the container's VM and runs its main process in the foreground;
-/// returns husk's exit code (Docker's: the process's, 125 for husk's own
-/// failures, 126/127 when the process cannot start) and records it.
-fn launch(
-    container: &mut husk_runtime::container::Container,
-    vm: &VmArgs,
-    launch: Launch,
-    ctl_rx: mpsc::Receiver<husk_runtime::Control>,
-) -> anyhow::Result<ExitCode> {
-    // The lock first: the sandbox directory is the container's, and a
-    // running one must keep it.
-    let guard = container.begin().context("cannot start the container")?;
-    let sandbox = sandbox_config(
-        Some(container.short_id()),
-        vm,
-        &container.config,
-        Some(container.rw_dir()),
-        husk_runtime::RootfsVia::VirtioFs,
+    let tty = args.tty && std::io::stdin().is_terminal();
+    let detach_keys = parse_detach_keys(&args.detach_keys)?;
+    let engine = engine(root)?;
+    let opts = create_options(&args, tty)?;
+    // Signals go to the container: block them here (before any thread
+    // starts, so every thread inherits the mask) and forward from one thread.
+    let (ctl_tx, ctl_rx) = mpsc::channel();
+    if !args.detach {
+        term::forward_signals(ctl_tx, tty)?;
+    }
+    let c = engine
+        .create(&opts, &husk_image::StderrProgress::new())
+        .context("cannot create the container")?;
+    log::info!("container {} ({})", c.name, c.short_id());
+    if args.detach {
+        engine
+            .start(&c.id)
+            .with_context(|| format!("cannot start container {}", c.name))?;
+        println!("{}", c.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let session = engine
+        .start_attached(&c.id, args.interactive)
+        .with_context(|| format!("cannot start container {}", c.name))?;
+    let code = pump(
+        session,
+        Pump {
+            stdin: args.interactive,
+            tty,
+            detach_keys,
+            signals: Some(ctl_rx),
+            boot_timeout: args.vm.boot_timeout,
+        },
     )?;
-    let (code, err) = foreground(&sandbox, container.config.spec.clone(), &launch, ctl_rx);
-    if let Err(e) = guard.finish(code) {
-        log::warn!("cannot record the container's exit: {e}");
-    }
-    exit(code, err)
-}
-
-/// `husk`'s exit code: the container's, else 125 or the error.
-fn exit(code: Option<i32>, err: Option<anyhow::Error>) -> anyhow::Result<ExitCode> {
-    match (code, err) {
-        (_, Some(e)) => Err(e),
-        (c, None) => Ok(ExitCode::from(c.unwrap_or(125).clamp(0, 255) as u8)),
+    match code {
+        Some(code) => Ok(exit_code(code)),
+        None => Ok(ExitCode::SUCCESS),
     }
 }
 
-/// Runs the sandbox with `spec` as its main process, attached to this
-/// terminal (raw while the container has a tty); removes the sandbox's
-/// directory after. Returns what [`finish`] makes of it.
-fn foreground(
-    sandbox: &SandboxConfig,
-    mut spec: RunSpec,
-    launch: &Launch,
-    ctl_rx: mpsc::Receiver<husk_runtime::Control>,
-) -> (Option<i32>, Option<anyhow::Error>) {
-    if spec.tty {
-        spec.term_size = if launch.tty { term::size(0) } else { None };
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// `husk start`: detached, printing each name; with `-a`, attached to one.
+pub fn start(args: StartArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let engine = engine(root)?;
+    if args.attach || args.interactive {
+        if args.containers.len() > 1 {
+            bail!("you cannot start and attach multiple containers at once");
+        }
+        let c = engine.find(&args.containers[0])?;
+        let tty = c.config.spec.tty && std::io::stdin().is_terminal();
+        let (ctl_tx, ctl_rx) = mpsc::channel();
+        term::forward_signals(ctl_tx, tty)?;
+        let stdin = args.interactive && c.config.open_stdin;
+        let session = engine
+            .start_attached(&c.id, stdin)
+            .with_context(|| format!("cannot start container {}", c.name))?;
+        let code = pump(
+            session,
+            Pump {
+                stdin,
+                tty,
+                detach_keys: parse_detach_keys(&args.detach_keys)?,
+                signals: Some(ctl_rx),
+                boot_timeout: c.config.vm.boot_timeout_s,
+            },
+        )?;
+        return Ok(code.map_or(ExitCode::SUCCESS, exit_code));
     }
-    let stdio = Stdio {
-        stdin: launch
-            .interactive
-            .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
-        stdout: Box::new(std::io::stdout()),
-        stderr: Box::new(std::io::stderr()),
-    };
-    let raw = if launch.tty {
+    let mut failed = false;
+    for name in &args.containers {
+        match engine.start(name) {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                crate::print_error(&anyhow::Error::new(e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `husk attach`.
+pub fn attach(args: AttachArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let engine = engine(root)?;
+    let c = engine.find(&args.container)?;
+    let tty = c.config.spec.tty && std::io::stdin().is_terminal();
+    let (ctl_tx, ctl_rx) = mpsc::channel();
+    if args.sig_proxy {
+        term::forward_signals(ctl_tx, tty)?;
+    }
+    let stdin = !args.no_stdin && c.config.open_stdin;
+    let session = engine.attach(&c.id, stdin)?;
+    let code = pump(
+        session,
+        Pump {
+            stdin,
+            tty,
+            detach_keys: parse_detach_keys(&args.detach_keys)?,
+            signals: args.sig_proxy.then_some(ctl_rx),
+            boot_timeout: 0,
+        },
+    )?;
+    Ok(code.map_or(ExitCode::SUCCESS, exit_code))
+}
+
+/// `husk exec`.
+pub fn exec(args: ExecArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let engine = engine(root)?;
+    let c = engine.find(&args.args[0])?;
+    let tty = args.tty && std::io::stdin().is_terminal();
+    let spec = engine.exec_spec(
+        &c,
+        &args.args[1..],
+        &args.env,
+        args.workdir.as_deref(),
+        args.user.as_deref(),
+        args.tty,
+        if tty { term::size(0) } else { None },
+    )?;
+    let (ctl_tx, ctl_rx) = mpsc::channel();
+    if !args.detach {
+        term::forward_signals(ctl_tx, tty)?;
+    }
+    let mut session = engine.exec(&c.id, spec, args.detach)?;
+    if args.detach {
+        return match session.recv()? {
+            Some(CtlEvent::Ok) => Ok(ExitCode::SUCCESS),
+            Some(CtlEvent::Error { message, code }) => {
+                eprintln!("Error response from daemon: {message}");
+                Ok(exit_code(code.unwrap_or(1)))
+            }
+            other => bail!("unexpected answer from the monitor: {other:?}"),
+        };
+    }
+    let code = pump(
+        session,
+        Pump {
+            stdin: args.interactive,
+            tty,
+            detach_keys: Vec::new(),
+            signals: Some(ctl_rx),
+            boot_timeout: 0,
+        },
+    )?;
+    Ok(code.map_or(ExitCode::SUCCESS, exit_code))
+}
+
+/// How to connect this terminal to a session.
+struct Pump {
+    stdin: bool,
+    tty: bool,
+    detach_keys: Vec<u8>,
+    signals: Option<mpsc::Receiver<Control>>,
+    boot_timeout: u64,
+}
+
+/// Scans stdin for the detach sequence.
+struct DetachScanner {
+    keys: Vec<u8>,
+    matched: usize,
+}
+
+impl DetachScanner {
+    /// Passes `data` through; returns what to send and whether the
+    /// sequence was completed (then nothing after it is sent).
+    fn feed(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+        if self.keys.is_empty() {
+            return (data.to_vec(), false);
+        }
+        let mut out = Vec::with_capacity(data.len());
+        for &b in data {
+            if b == self.keys[self.matched] {
+                self.matched += 1;
+                if self.matched == self.keys.len() {
+                    return (out, true);
+                }
+            } else {
+                // Not the sequence after all: what was held back goes on.
+                out.extend_from_slice(&self.keys[..self.matched]);
+                self.matched = 0;
+                if b == self.keys[0] {
+                    self.matched = 1;
+                } else {
+                    out.push(b);
+                }
+            }
+        }
+        (out, false)
+    }
+}
+
+/// Moves bytes between this terminal and a session until the process
+/// exits (its code) or the user detaches (`None`).
+fn pump(mut session: Session, p: Pump) -> anyhow::Result<Option<i32>> {
+    let writer = session.writer();
+    let raw = if p.tty {
         term::RawMode::enter(0).ok()
     } else {
         None
     };
-    let result = husk_runtime::run(sandbox, spec, stdio, Some(ctl_rx));
-    drop(raw);
-    let _ = std::fs::remove_dir_all(&sandbox.dir);
-    finish(result)
-}
-
-/// The container's exit code (if it ran), or husk's error.
-fn finish(
-    result: Result<husk_runtime::RunOutcome, RuntimeError>,
-) -> (Option<i32>, Option<anyhow::Error>) {
-    match result {
-        Ok(o) => {
-            log::info!(
-                "agent ready after {:.3} s; first output after {:?}; process ran {:.3} s",
-                o.boot_time.as_secs_f64(),
-                o.exec.first_output,
-                o.exec.total.as_secs_f64()
-            );
-            (Some(exit_code(o.status)), None)
-        }
-        // Docker's codes: 127 the command was not found, 126 it could not run.
-        Err(RuntimeError::Start(msg)) => {
-            eprintln!("husk: error: cannot start the container process: {msg}");
-            (
-                Some(if msg.contains("No such file") {
-                    127
-                } else {
-                    126
-                }),
-                None,
-            )
-        }
-        Err(e) => (
-            None,
-            Some(anyhow::Error::new(e).context("cannot run the container")),
-        ),
-    }
-}
-
-fn sandbox_config(
-    container: Option<&str>,
-    vm: &VmArgs,
-    config: &husk_runtime::container::ContainerConfig,
-    upper: Option<PathBuf>,
-    rootfs_via: husk_runtime::RootfsVia,
-) -> anyhow::Result<SandboxConfig> {
-    Ok(SandboxConfig {
-        kernel: find_kernel(vm.kernel.clone())?,
-        agent: find_agent(vm.agent.clone())?,
-        rootfs: Some(config.rootfs.clone()),
-        rootfs_via,
-        volumes: config.volumes.clone(),
-        upper,
-        tmpfs: config.tmpfs.clone(),
-        mem_size: config.mem_size,
-        vcpus: config.vcpus,
-        dir: sandbox_dir(container)?,
-        boot_timeout: Duration::from_secs(vm.boot_timeout),
-        cmdline_extra: vm.kernel_args.clone(),
-        console_to_stderr: vm.console,
-    })
-}
-
-/// `husk run`: creates a container and runs it; returns the exit code
-/// `husk run` exits with.
-pub fn run(args: RunArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let tty = args.tty && std::io::stdin().is_terminal();
-    let size = if tty { term::size(0) } else { None };
-    let store = crate::images::open_store(store_root)?;
-    let containers = husk_runtime::container::ContainerStore::open(store.root())
-        .context("cannot open the container store")?;
-    if let Some(n) = &args.name
-        && !husk_runtime::container::valid_name(n)
-    {
-        bail!("invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
-    }
-    // The root directory and the process: from --rootfs, or from an image
-    // (pulled if it is not in the store), unpacked once and shared.
-    let root = resolve_root(&args, &store, size)?;
-    let volumes = args
-        .volumes
-        .iter()
-        .map(|v| husk_runtime::Volume::parse(v).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for t in &args.tmpfs {
-        husk_runtime::check_guest_path(t).map_err(|e| anyhow::anyhow!("--tmpfs {t}: {e}"))?;
-    }
-    let config = husk_runtime::container::ContainerConfig {
-        image: root.image.clone(),
-        image_id: root.image_id.clone(),
-        rootfs: root.path.clone(),
-        spec: root.spec.clone(),
-        volumes,
-        tmpfs: args.tmpfs.clone(),
-        mem_size: args
-            .memory
-            .checked_mul(1 << 20)
-            .context("--memory is too large")?,
-        vcpus: args.cpus,
-    };
-    // Find the kernel and agent before creating anything.
-    find_kernel(args.vm.kernel.clone())?;
-    find_agent(args.vm.agent.clone())?;
-    // Signals go to the container: block them here (before any thread
-    // starts, so every thread inherits the mask) and forward from one thread.
-    let (ctl_tx, ctl_rx) = mpsc::channel();
-    term::forward_signals(ctl_tx, tty)?;
-    let run_launch = Launch {
-        interactive: args.interactive,
-        tty,
-    };
-    if let RootfsViaArg::Initramfs = args.rootfs_via {
-        // Debugging path: no container is kept.
-        let sandbox = sandbox_config(
-            None,
-            &args.vm,
-            &config,
-            None,
-            husk_runtime::RootfsVia::Initramfs,
-        )?;
-        let (code, err) = foreground(&sandbox, config.spec.clone(), &run_launch, ctl_rx);
-        return exit(code, err);
-    }
-    let mut container = containers
-        .create(args.name.as_deref(), config)
-        .context("cannot create the container")?;
-    log::info!("container {} ({})", container.name, container.short_id());
-    let result = launch(&mut container, &args.vm, run_launch, ctl_rx);
-    if args.rm {
-        // Reload: the state changed while it ran.
-        match containers.find(&container.id) {
-            Ok(c) => {
-                if let Err(e) = containers.remove(&c, true) {
-                    eprintln!("husk: error: cannot remove container {}: {e}", c.name);
+    let (detach_tx, detach_rx) = mpsc::channel::<()>();
+    if p.stdin {
+        let w = writer.clone();
+        let keys = if p.tty {
+            p.detach_keys.clone()
+        } else {
+            Vec::new()
+        };
+        std::thread::spawn(move || {
+            let mut scan = DetachScanner { keys, matched: 0 };
+            let mut buf = vec![0u8; 32 * 1024];
+            let mut input = std::io::stdin();
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let (data, detach) = scan.feed(&buf[..n]);
+                        if !data.is_empty() && w.send(&CtlRequest::Stdin { data }).is_err() {
+                            return;
+                        }
+                        if detach {
+                            let _ = detach_tx.send(());
+                            w.close();
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
             }
-            Err(e) => eprintln!(
-                "husk: error: cannot remove container {}: {e}",
-                container.name
-            ),
-        }
+            let _ = w.send(&CtlRequest::CloseStdin);
+        });
+    } else {
+        let _ = writer.send(&CtlRequest::CloseStdin);
     }
-    drop(root);
+    if let Some(signals) = p.signals {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            while let Ok(c) = signals.recv() {
+                let req = match c {
+                    Control::Signal(signo) => CtlRequest::Signal { signo },
+                    Control::Resize(sz) => CtlRequest::Resize {
+                        rows: sz.rows,
+                        cols: sz.cols,
+                    },
+                };
+                if w.send(&req).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let _ = p.boot_timeout;
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let result = loop {
+        let ev = match session.recv() {
+            Ok(ev) => ev,
+            Err(_) if detach_rx.try_recv().is_ok() => break Ok(None),
+            Err(e) => break Err(anyhow::Error::new(e)),
+        };
+        match ev {
+            Some(CtlEvent::Stdout { data }) => {
+                if let Err(e) = out.write_all(&data).and_then(|()| out.flush()) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        // Our reader went away (`husk run IMG yes | head -1`):
+                        // the container's process would have got SIGPIPE.
+                        let _ = writer.send(&CtlRequest::Signal { signo: 9 });
+                        writer.close();
+                        break Ok(Some(128 + 13));
+                    }
+                    break Err(anyhow::Error::new(e).context("cannot write the container's output"));
+                }
+            }
+            Some(CtlEvent::Stderr { data }) => {
+                let _ = err.write_all(&data).and_then(|()| err.flush());
+            }
+            Some(CtlEvent::Started) | Some(CtlEvent::Ok) => {}
+            Some(CtlEvent::Exited { code }) => break Ok(Some(code)),
+            Some(CtlEvent::Error { message, code }) => {
+                eprintln!("husk: error: {message}");
+                if let Some(code) = code {
+                    break Ok(Some(code));
+                }
+                // The monitor reports an error and then ends the session.
+            }
+            Some(other) => log::debug!("ignoring {other:?}"),
+            None => {
+                if detach_rx.try_recv().is_ok() {
+                    break Ok(None);
+                }
+                break Err(anyhow::anyhow!(
+                    "the container's monitor closed the connection before the container exited"
+                ));
+            }
+        }
+    };
+    drop(raw);
+    if matches!(result, Ok(None)) {
+        eprintln!("read escape sequence");
+    }
+    // Give a monitor that removes the container (--rm) time to finish.
+    session.set_read_timeout(Some(Duration::from_secs(30)));
+    while let Ok(Some(_)) = session.recv() {}
     result
 }
 
-/// `husk start`: runs a stopped container again, on the writable layer it
-/// left.
-pub fn start(args: StartArgs, store_root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let store = crate::images::open_store(store_root)?;
-    let containers = husk_runtime::container::ContainerStore::open(store.root())
-        .context("cannot open the container store")?;
-    let mut container = containers.find(&args.container)?;
-    // The image's rootfs again, with a lease while the container runs.
-    let _lease = match &container.config.image_id {
-        Some(id) => {
-            let image = store.resolve(id).with_context(|| {
-                format!(
-                    "the image of container {} ({}, {id}) is no longer in the store; remove the container with: husk rm {}",
-                    container.name, container.config.image, container.name
-                )
-            })?;
-            let rootfs = store
-                .rootfs(&image, husk_image::UnpackLimits::default())
-                .with_context(|| format!("cannot unpack image {}", container.config.image))?;
-            container.config.rootfs = rootfs.path.clone();
-            Some(rootfs)
-        }
-        None => {
-            if !container.config.rootfs.is_dir() {
-                bail!(
-                    "the root directory of container {} ({}) is gone",
-                    container.name,
-                    container.config.rootfs.display()
-                );
-            }
-            None
-        }
-    };
-    // Find the kernel and agent before touching the container's state.
-    find_kernel(args.vm.kernel.clone())?;
-    find_agent(args.vm.agent.clone())?;
-    let tty = container.config.spec.tty && std::io::stdin().is_terminal();
-    let (ctl_tx, ctl_rx) = mpsc::channel();
-    term::forward_signals(ctl_tx, tty)?;
-    launch(
-        &mut container,
-        &args.vm,
-        Launch {
-            interactive: args.interactive,
-            tty,
-        },
-        ctl_rx,
-    )
-}
-
-/// Where a running VM's socket, initramfs and console log go: short (Unix
-/// socket paths are limited to 108 bytes), per container (`husk rm -f` of a
-/// container whose `husk` was killed removes it), or per process.
-pub fn sandbox_dir_for(container: Option<&str>) -> PathBuf {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("husk").join(match container {
-        Some(id) => format!("c-{id}"),
-        None => format!("sandbox-{}-{}", std::process::id(), nanos()),
-    })
-}
-
-fn sandbox_dir(container: Option<&str>) -> anyhow::Result<PathBuf> {
-    let dir = sandbox_dir_for(container);
-    // A stale one is from a husk that was killed.
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
+/// The error of an engine call as Docker prints it for daemon errors.
+pub fn daemon_error(e: &EngineError) -> String {
+    match e {
+        EngineError::NoSuchContainer(n) => format!("Error: No such container: {n}"),
+        other => format!("Error response from daemon: {other}"),
+    }
 }
 
 #[cfg(test)]
@@ -596,10 +650,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn users() {
-        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
-        assert_eq!(parse_user("1000:50").unwrap(), (1000, 50));
-        assert!(parse_user("nobody").is_err());
-        assert!(parse_user("1:x").is_err());
+    fn detach_keys_parse_and_match() {
+        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q").unwrap(), vec![16, 17]);
+        assert_eq!(parse_detach_keys("a,ctrl-@").unwrap(), vec![b'a', 0]);
+        assert!(parse_detach_keys("ctrl-").is_err());
+        assert!(parse_detach_keys("abc").is_err());
+        let mut s = DetachScanner {
+            keys: vec![16, 17],
+            matched: 0,
+        };
+        assert_eq!(s.feed(b"ab\x10c"), (b"ab\x10c".to_vec(), false));
+        assert_eq!(s.feed(b"x\x10"), (b"x".to_vec(), false));
+        assert_eq!(s.feed(b"\x11rest"), (Vec::new(), true));
+        let mut s = DetachScanner {
+            keys: vec![16, 17],
+            matched: 0,
+        };
+        assert_eq!(s.feed(b"\x10\x10\x11"), (b"\x10".to_vec(), true));
     }
 }

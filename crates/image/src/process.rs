@@ -281,7 +281,10 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
 }
 
 /// Resolves `user[:group]` against the image's passwd and group files (runc's rules).
-pub fn resolve_user(spec: &str, rootfs: Option<&Path>) -> Result<(ProcessUser, String), ProcessError> {
+pub fn resolve_user(
+    spec: &str,
+    rootfs: Option<&Path>,
+) -> Result<(ProcessUser, String), ProcessError> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),

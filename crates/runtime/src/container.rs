@@ -179,10 +179,9 @@ impl RestartPolicy {
             None if s == "always" => RestartPolicy::Always,
             None if s == "unless-stopped" => RestartPolicy::UnlessStopped,
             None if s == "on-failure" => RestartPolicy::OnFailure(None),
-            Some(("on-failure", n)) => RestartPolicy::OnFailure(Some(
-                n.parse()
-                    .map_err(|_| format!("invalid restart policy {s:?}: the count must be a number"))?,
-            )),
+            Some(("on-failure", n)) => RestartPolicy::OnFailure(Some(n.parse().map_err(|_| {
+                format!("invalid restart policy {s:?}: the count must be a number")
+            })?)),
             Some(("always" | "no" | "unless-stopped", _)) => {
                 return Err(format!(
                     "invalid restart policy {s:?}: maximum retry count can only be used with 'on-failure'"
@@ -935,7 +934,9 @@ mod tests {
         std::fs::write(dir.join(".rm-def/running.lock"), b"").unwrap();
         // A removal in progress holds the lock: its directory stays.
         std::fs::create_dir_all(dir.join(".rm-busy")).unwrap();
-        let busy = try_lock(&dir.join(".rm-busy/running.lock")).unwrap().unwrap();
+        let busy = try_lock(&dir.join(".rm-busy/running.lock"))
+            .unwrap()
+            .unwrap();
         drop(store);
         let _store = ContainerStore::open(root.path()).unwrap();
         assert!(!dir.join(".tmp-abc").exists() && !dir.join(".rm-def").exists());

@@ -194,7 +194,11 @@ const SIGNALS: &[(&str, i32)] = &[
 pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
     let bad = || EngineError::BadInput(format!("invalid signal: {s}"));
     if let Ok(n) = s.parse::<i32>() {
-        return if (1..=64).contains(&n) { Ok(n) } else { Err(bad()) };
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
     }
     let up = s.to_ascii_uppercase();
     let name = up.strip_prefix("SIG").unwrap_or(&up);
@@ -208,7 +212,11 @@ pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
             off.parse().map_err(|_| bad())?
         };
         let n = base + o;
-        if (34..=64).contains(&n) { Ok(n) } else { Err(bad()) }
+        if (34..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        }
     };
     if let Some(off) = name.strip_prefix("RTMIN") {
         return rt(34, off.trim_start_matches('+'));
@@ -403,12 +411,12 @@ impl Engine {
         loop {
             if let Ok(Some(st)) = child.try_wait() {
                 let c = self.containers.find(&c.id)?;
-                return Err(EngineError::Monitor(
-                    c.state.error.clone().unwrap_or_else(|| {
+                return Err(EngineError::Monitor(c.state.error.clone().unwrap_or_else(
+                    || {
                         let tail = tail_lines(&log_path, 10);
                         format!("the container's monitor exited ({st}): {tail}")
-                    }),
-                ));
+                    },
+                )));
             }
             if control::call(c.dir(), &CtlRequest::Ping).is_ok() {
                 break;
@@ -459,8 +467,8 @@ impl Engine {
                 return Ok(now);
             }
             if !now.state.status.is_live() {
-                return Err(EngineError::Monitor(now.state.error.clone().unwrap_or_else(
-                    || {
+                return Err(EngineError::Monitor(
+                    now.state.error.clone().unwrap_or_else(|| {
                         format!(
                             "container {} exited before its process started (exit code {})",
                             now.name,
@@ -468,8 +476,8 @@ impl Engine {
                                 .exit_code
                                 .map_or_else(|| "unknown".into(), |c| c.to_string())
                         )
-                    },
-                )));
+                    }),
+                ));
             }
             if Instant::now() > deadline {
                 return Err(EngineError::Monitor(format!(
@@ -531,7 +539,9 @@ impl Engine {
         for e in env {
             let (k, v) = match e.split_once('=') {
                 Some(("", _)) => {
-                    return Err(EngineError::BadInput(format!("-e {e}: empty variable name")));
+                    return Err(EngineError::BadInput(format!(
+                        "-e {e}: empty variable name"
+                    )));
                 }
                 Some((k, v)) => (k.to_owned(), v.to_owned()),
                 None => match std::env::var(e) {
@@ -658,9 +668,9 @@ impl Engine {
         let c = self.live(query)?;
         match control::call(c.dir(), &CtlRequest::Top)? {
             CtlEvent::Top { titles, processes } => Ok((titles, processes)),
-            other => Err(expect_ok(other).err().unwrap_or(EngineError::Monitor(
-                "unexpected answer to top".into(),
-            ))),
+            other => Err(expect_ok(other)
+                .err()
+                .unwrap_or(EngineError::Monitor("unexpected answer to top".into()))),
         }
     }
 
@@ -669,9 +679,9 @@ impl Engine {
         let c = self.live(query)?;
         match control::call(c.dir(), &CtlRequest::Stats)? {
             CtlEvent::Stats(s) => Ok((c, s)),
-            other => Err(expect_ok(other).err().unwrap_or(EngineError::Monitor(
-                "unexpected answer to stats".into(),
-            ))),
+            other => Err(expect_ok(other)
+                .err()
+                .unwrap_or(EngineError::Monitor("unexpected answer to stats".into()))),
         }
     }
 
@@ -743,7 +753,8 @@ fn tail_lines(path: &Path, n: usize) -> String {
 /// 1-63 of `[A-Za-z0-9.-]`, not starting with '-' or '.'.
 pub fn valid_hostname(h: &str) -> bool {
     (1..=63).contains(&h.len())
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !h.starts_with(['-', '.'])
 }
 
@@ -768,7 +779,9 @@ fn rootfs_spec(opts: &CreateOptions) -> Result<RunSpec, EngineError> {
     for e in &opts.env {
         match e.split_once('=') {
             Some(("", _)) => {
-                return Err(EngineError::BadInput(format!("-e {e}: empty variable name")));
+                return Err(EngineError::BadInput(format!(
+                    "-e {e}: empty variable name"
+                )));
             }
             Some((k, v)) => spec = spec.env(k, v),
             None => {

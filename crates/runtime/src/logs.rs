@@ -503,7 +503,13 @@ mod tests {
         assert_eq!(parse_size("5m"), Some(5 << 20));
         assert_eq!(parse_size("1g"), Some(1 << 30));
         assert_eq!(parse_size("100"), Some(100));
-        for bad in ["max-size=", "max-size=x", "max-file=0", "mode=fast", "nokey"] {
+        for bad in [
+            "max-size=",
+            "max-size=x",
+            "max-file=0",
+            "mode=fast",
+            "nokey",
+        ] {
             assert!(LogConfig::parse(&[bad.into()]).is_err(), "{bad}");
         }
     }
@@ -588,11 +594,16 @@ mod tests {
         let path = log_path(dir.path(), "c");
         let mut junk = b"{not json}\n".to_vec();
         junk.extend(vec![b'a'; (MAX_LINE as usize) * 2]);
-        junk.extend(b"\n{\"log\":\"ok\\n\",\"stream\":\"stderr\",\"time\":\"2026-01-01T00:00:00Z\"}\n");
+        junk.extend(
+            b"\n{\"log\":\"ok\\n\",\"stream\":\"stderr\",\"time\":\"2026-01-01T00:00:00Z\"}\n",
+        );
         std::fs::write(&path, junk).unwrap();
         let all = read(dir.path(), "c", &ReadOptions::default()).unwrap();
         assert_eq!(all.len(), 1);
-        assert_eq!((all[0].log.as_str(), all[0].stream), ("ok\n", Stream::Stderr));
+        assert_eq!(
+            (all[0].log.as_str(), all[0].stream),
+            ("ok\n", Stream::Stderr)
+        );
     }
 
     #[test]

@@ -75,7 +75,11 @@ impl Mon {
     }
 
     fn update(&self, f: impl FnOnce(&mut crate::container::State)) {
-        if let Some(g) = self.guard.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+        if let Some(g) = self
+            .guard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
             && let Err(e) = g.update(f)
         {
             log::warn!("cannot record the container's state: {e}");
@@ -237,10 +241,8 @@ fn monitor(root: &Path, id: &str, attach_first: bool) -> Result<i32, crate::engi
     let mut container = containers.find(id)?;
     let guard = container.begin()?;
     let dir = container.dir().to_owned();
-    let (sock_path, _dir_handle) =
-        crate::control::socket_path(&dir, crate::control::SOCKET).map_err(|e| {
-            EngineError::Monitor(format!("cannot open {}: {e}", dir.display()))
-        })?;
+    let (sock_path, _dir_handle) = crate::control::socket_path(&dir, crate::control::SOCKET)
+        .map_err(|e| EngineError::Monitor(format!("cannot open {}: {e}", dir.display())))?;
     let _ = std::fs::remove_file(dir.join(crate::control::SOCKET));
     let listener = UnixListener::bind(&sock_path)
         .map_err(|e| EngineError::Monitor(format!("cannot listen on {sock_path:?}: {e}")))?;
@@ -806,25 +808,28 @@ fn exec(mon: &Arc<Mon>, mut peer: Peer, mut spec: RunSpec, detach: bool) {
     let (ctl_tx, ctl_rx) = mpsc::channel();
     let (in_tx, in_rx) = mpsc::channel();
     let done = Arc::new(AtomicBool::new(false));
-    let (stdin, stdout, stderr): (Option<Box<dyn Read + Send>>, Box<dyn Write + Send>, Box<dyn Write + Send>) =
-        if detach {
-            (None, Box::new(std::io::sink()), Box::new(std::io::sink()))
-        } else {
-            (
-                Some(Box::new(ChannelReader {
-                    rx: in_rx,
-                    pending: Vec::new(),
-                })),
-                Box::new(ToClient {
-                    peer: w.clone(),
-                    stderr: false,
-                }),
-                Box::new(ToClient {
-                    peer: w.clone(),
-                    stderr: true,
-                }),
-            )
-        };
+    let (stdin, stdout, stderr): (
+        Option<Box<dyn Read + Send>>,
+        Box<dyn Write + Send>,
+        Box<dyn Write + Send>,
+    ) = if detach {
+        (None, Box::new(std::io::sink()), Box::new(std::io::sink()))
+    } else {
+        (
+            Some(Box::new(ChannelReader {
+                rx: in_rx,
+                pending: Vec::new(),
+            })),
+            Box::new(ToClient {
+                peer: w.clone(),
+                stderr: false,
+            }),
+            Box::new(ToClient {
+                peer: w.clone(),
+                stderr: true,
+            }),
+        )
+    };
     let runner = {
         let w = w.clone();
         let done = done.clone();
@@ -832,10 +837,23 @@ fn exec(mon: &Arc<Mon>, mut peer: Peer, mut spec: RunSpec, detach: bool) {
             let started = {
                 let w = w.clone();
                 move |_pid: u32| {
-                    w.send(&if detach { CtlEvent::Ok } else { CtlEvent::Started });
+                    w.send(&if detach {
+                        CtlEvent::Ok
+                    } else {
+                        CtlEvent::Started
+                    });
                 }
             };
-            let r = sandbox.exec_notify(spec, Stdio { stdin, stdout, stderr }, Some(ctl_rx), started);
+            let r = sandbox.exec_notify(
+                spec,
+                Stdio {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                Some(ctl_rx),
+                started,
+            );
             done.store(true, Ordering::SeqCst);
             match r {
                 Ok((st, _)) => {
@@ -921,7 +939,13 @@ mod tests {
 
     #[test]
     fn start_failures_get_dockers_codes() {
-        assert_eq!(start_failure_code("cannot start nope: No such file or directory"), 127);
-        assert_eq!(start_failure_code("cannot start /etc: Permission denied"), 126);
+        assert_eq!(
+            start_failure_code("cannot start nope: No such file or directory"),
+            127
+        );
+        assert_eq!(
+            start_failure_code("cannot start /etc: Permission denied"),
+            126
+        );
     }
 }
