@@ -494,6 +494,44 @@ impl Store {
         Ok((config, bytes))
     }
 
+    /// Where the store's blobs are known to exist in registries: for each index
+    /// entry with a repo digest (recorded by a pull or a push), that repository
+    /// (`registry/path`, as a reference) and the digests of the manifest's config
+    /// and layers.
+    pub(crate) fn known_sources(&self) -> Result<Vec<(Reference, Vec<Digest>)>, StoreError> {
+        let index = self.read_index()?;
+        let mut out = Vec::new();
+        for e in &index.manifests {
+            let Some(r) = e
+                .annotations
+                .get(ANNOTATION_REPO_DIGEST)
+                .and_then(|rd| Reference::parse(rd).ok())
+            else {
+                continue;
+            };
+            let Ok(m) = self.load_manifest(&e.digest) else {
+                continue;
+            };
+            let mut blobs = vec![m.config.digest.clone()];
+            blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
+            out.push((r, blobs));
+        }
+        Ok(out)
+    }
+
+    /// Records that the image whose manifest is `manifest` is in a registry as
+    /// `repo_digest` (`registry/path@sha256:…`), under `name` (a full reference),
+    /// as after a push.
+    pub(crate) fn record_repo_digest(
+        &self,
+        manifest: &Descriptor,
+        name: Option<&str>,
+        repo_digest: &str,
+    ) -> Result<(), StoreError> {
+        let names: Vec<String> = name.into_iter().map(str::to_string).collect();
+        self.add_image(manifest, &names, Some(repo_digest))
+    }
+
     /// Every image in the store, one entry per image (not per name).
     pub fn list(&self) -> Result<Vec<Image>, StoreError> {
         let index = self.read_index()?;
