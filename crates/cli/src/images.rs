@@ -1,4 +1,4 @@
-//! The image commands: `pull`, `load`, `import`, `images`, `rmi`, `tag`,
+//! The image commands: `pull`, `push`, `load`, `import`, `images`, `rmi`, `tag`,
 //! `image inspect`, `login`, `logout`, with Docker's output.
 
 use std::io::Read;
@@ -14,16 +14,38 @@ pub fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
     Store::open(&root).with_context(|| format!("cannot open the image store at {}", root.display()))
 }
 
-/// `husk pull NAME[:TAG|@DIGEST]`.
-pub fn pull(store: &Store, name: &str) -> anyhow::Result<ExitCode> {
+/// Registry options for a command: the store's credentials,
+/// `$HUSK_INSECURE_REGISTRIES`, and `--tls-verify`.
+fn registry_options(store: &Store, tls_verify: bool) -> RegistryOptions {
+    RegistryOptions {
+        tls_verify,
+        ..RegistryOptions::for_store(store)
+    }
+}
+
+/// `husk pull [--tls-verify=false] NAME[:TAG|@DIGEST]`.
+pub fn pull(store: &Store, name: &str, tls_verify: bool) -> anyhow::Result<ExitCode> {
     if husk_image::reference::uses_default_tag(name) {
         eprintln!("Using default tag: latest");
     }
     let r = Reference::parse(name).with_context(|| format!("invalid reference format: {name}"))?;
-    let opts = RegistryOptions::for_store(store);
+    let opts = registry_options(store, tls_verify);
     husk_image::pull(store, &r, &opts, &StderrProgress::new())
         .with_context(|| format!("cannot pull {name}"))?;
     println!("{r}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk push [--tls-verify=false] NAME[:TAG]`: Docker's progress lines on stderr,
+/// as `husk pull` prints them, ending with `TAG: digest: sha256:… size: N`.
+pub fn push(store: &Store, name: &str, tls_verify: bool) -> anyhow::Result<ExitCode> {
+    if husk_image::reference::uses_default_tag(name) {
+        eprintln!("Using default tag: latest");
+    }
+    let r = Reference::parse(name).with_context(|| format!("invalid reference format: {name}"))?;
+    let opts = registry_options(store, tls_verify);
+    husk_image::push(store, &r, &opts, &StderrProgress::new())
+        .with_context(|| format!("cannot push {name}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

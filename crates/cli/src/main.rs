@@ -144,7 +144,20 @@ enum Command {
     },
     /// Download an image from a registry.
     Pull {
+        /// Verify the registry's TLS certificate; `--tls-verify=false` also allows
+        /// plain HTTP (as podman and skopeo do).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        tls_verify: bool,
         /// NAME[:TAG|@DIGEST]
+        image: String,
+    },
+    /// Upload an image to a registry.
+    Push {
+        /// Verify the registry's TLS certificate; `--tls-verify=false` also allows
+        /// plain HTTP (as podman and skopeo do).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        tls_verify: bool,
+        /// NAME[:TAG]
         image: String,
     },
     /// Load images from a `docker save` tar, an OCI archive or an OCI layout directory.
@@ -344,6 +357,16 @@ fn host() -> ExitCode {
 
 /// A hint for the errors users can fix themselves.
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    if err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<husk_image::RegistryError>(),
+            Some(husk_image::RegistryError::Tls { .. })
+        )
+    }) {
+        return Some(
+            "for a registry that speaks plain HTTP or has an unverifiable certificate: HUSK_INSECURE_REGISTRIES=host:port, or --tls-verify=false",
+        );
+    }
     err.chain()
         .find_map(|e| match e.downcast_ref::<VmmError>()? {
             VmmError::NoKvm => Some(
@@ -448,8 +471,11 @@ fn main() -> ExitCode {
             } => engine().and_then(|e| containers::each(&list, |n| e.remove(n, force).map(|_| ()))),
             Command::Inspect { names } => engine().and_then(|e| containers::inspect(&e, &names)),
             Command::Diff { container } => engine().and_then(|e| containers::diff(&e, &container)),
-            Command::Pull { image } => {
-                images::open_store(cli.root).and_then(|s| images::pull(&s, &image))
+            Command::Pull { image, tls_verify } => {
+                images::open_store(cli.root).and_then(|s| images::pull(&s, &image, tls_verify))
+            }
+            Command::Push { image, tls_verify } => {
+                images::open_store(cli.root).and_then(|s| images::push(&s, &image, tls_verify))
             }
             Command::Load { input } => {
                 images::open_store(cli.root).and_then(|s| images::load(&s, input))

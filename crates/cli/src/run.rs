@@ -22,7 +22,7 @@ pub struct VmArgs {
     /// The guest kernel (default: $HUSK_KERNEL, husk-vmlinux beside husk, or the newest built one).
     #[arg(long, env = "HUSK_KERNEL")]
     pub kernel: Option<PathBuf>,
-    /// The guest agent (default: $HUSK_AGENT or husk-agent beside husk).
+    /// The guest agent, a static binary (default: $HUSK_AGENT or husk-init beside husk).
     #[arg(long, env = "HUSK_AGENT")]
     pub agent: Option<PathBuf>,
     /// Copy the guest's kernel console to the container's monitor.log.
@@ -187,40 +187,9 @@ pub enum RootfsViaArg {
     Initramfs,
 }
 
-fn beside_exe(name: &str) -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?.parent()?.join(name);
-    p.exists().then_some(p)
-}
-
-/// The guest kernel to use.
-pub fn find_kernel(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(k) = explicit.or_else(|| beside_exe("husk-vmlinux")) {
-        return Ok(k);
-    }
-    let home = std::env::var_os("HUSK_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("husk")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/husk")));
-    let newest = home.and_then(|h| {
-        std::fs::read_dir(h.join("kernel"))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("vmlinux"))
-            .filter(|p| p.is_file())
-            .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-    });
-    newest.context("no guest kernel found (give --kernel or HUSK_KERNEL, or build one with guest-kernel/build.sh)")
-}
-
-fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    explicit
-        .or_else(|| beside_exe("husk-agent"))
-        .context("no guest agent found (give --agent or HUSK_AGENT; ./dev build puts husk-agent beside husk)")
-}
-
 fn vm_settings(vm: &VmArgs) -> anyhow::Result<VmSettings> {
-    let kernel = find_kernel(vm.kernel.clone())?;
-    let agent = find_agent(vm.agent.clone())?;
+    let kernel = husk_runtime::agent::find_kernel(vm.kernel.clone())?;
+    let agent = husk_runtime::agent::find_agent(vm.agent.clone())?;
     let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
     Ok(VmSettings {
         kernel: abs(kernel),

@@ -1,5 +1,5 @@
-//! husk's image handling: an on-disk OCI image store, pulls from OCI distribution
-//! registries, `docker save`/OCI archive loads, safe layer unpacking into a shared
+//! husk's image handling: an on-disk OCI image store, pulls from and pushes to OCI
+//! distribution registries, `docker save`/OCI archive loads, safe layer unpacking into a shared
 //! read-only rootfs, and resolution of the container process from the image config.
 //!
 //! What the CLI calls, command by command:
@@ -24,6 +24,10 @@
 //!         println!("{line}");
 //!     }
 //! }
+//!
+//! // husk push 127.0.0.1:5000/app:v1 (the image's own manifest bytes, blobs the registry has skipped)
+//! let pushed = push(&store, &Reference::parse("127.0.0.1:5000/app:v1")?, &opts, &StderrProgress::new())?;
+//! # let _ = pushed;
 //!
 //! // husk images / husk image inspect / husk rmi
 //! print!("{}", format::images_table(&store.images()?, std::time::SystemTime::now()));
@@ -57,6 +61,7 @@ pub mod load;
 pub mod process;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod spec;
@@ -69,6 +74,7 @@ pub use load::{LoadError, Loaded, load, load_layout};
 pub use process::{ProcessError, ProcessSpec, ProcessUser, RunOverrides, resolve_process};
 pub use progress::{NoProgress, Progress, ProgressEvent, StderrProgress};
 pub use pull::{PullError, PullOutcome, pull, resolve_or_pull};
+pub use push::{PushError, PushOutcome, push};
 pub use reference::Reference;
 pub use registry::{RegistryError, RegistryOptions, login, logout};
 pub use store::{Image, ImageSummary, Rootfs, Store, StoreError};

@@ -1,4 +1,5 @@
-//! Pull progress, printed on stderr the way `docker pull` does.
+//! Pull and push progress, printed on stderr the way `docker pull` and
+//! `docker push` do.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -22,6 +23,14 @@ pub enum LayerStatus {
     DownloadComplete,
     /// Stored.
     PullComplete,
+    /// Push: about to check or upload.
+    Preparing,
+    /// Push: bytes are being sent.
+    Pushing,
+    /// Push: uploaded.
+    Pushed,
+    /// Push: the registry has it already.
+    LayerAlreadyExists,
 }
 
 impl LayerStatus {
@@ -36,6 +45,10 @@ impl LayerStatus {
             LayerStatus::VerifyingChecksum => "Verifying Checksum",
             LayerStatus::DownloadComplete => "Download complete",
             LayerStatus::PullComplete => "Pull complete",
+            LayerStatus::Preparing => "Preparing",
+            LayerStatus::Pushing => "Pushing",
+            LayerStatus::Pushed => "Pushed",
+            LayerStatus::LayerAlreadyExists => "Layer already exists",
         }
     }
 }
@@ -166,7 +179,8 @@ impl Progress for StderrProgress {
                 current,
                 total,
             } => {
-                let text = if status == LayerStatus::Downloading && self.tty {
+                let bar_status = matches!(status, LayerStatus::Downloading | LayerStatus::Pushing);
+                let text = if bar_status && self.tty {
                     format!("{id}: {} {}", status.as_str(), bar(current, total))
                 } else {
                     format!("{id}: {}", status.as_str())

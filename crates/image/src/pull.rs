@@ -14,7 +14,7 @@ use crate::digest::Digest;
 use crate::fsutil;
 use crate::progress::{LayerStatus, Progress, ProgressEvent};
 use crate::reference::Reference;
-use crate::registry::{RegistryError, RegistryOptions, Repository, Response};
+use crate::registry::{RegistryError, RegistryOptions, Repository, Response, with_retries};
 use crate::spec::{self, Descriptor, ImageConfig, Index, Manifest};
 use crate::store::{Image, Store, StoreError};
 
@@ -495,22 +495,6 @@ fn fetch_manifest(
         },
     };
     Ok((body, media_type, digest))
-}
-
-fn with_retries<T>(
-    attempts: u32,
-    mut f: impl FnMut() -> Result<T, RegistryError>,
-) -> Result<T, RegistryError> {
-    let mut n = 0;
-    loop {
-        n += 1;
-        match f() {
-            Err(RegistryError::Connect { .. }) if n < attempts => {
-                std::thread::sleep(Duration::from_millis(200 * u64::from(n)));
-            }
-            r => return r,
-        }
-    }
 }
 
 /// Downloads one blob into the store, resuming a partial download left by an earlier

@@ -1,5 +1,12 @@
 //! A client for the OCI distribution API: authentication (anonymous bearer tokens,
-//! `husk login` credentials over Basic or token auth), manifests and blobs.
+//! `husk login` credentials over Basic or token auth), manifests and blobs, for
+//! pulls and pushes.
+//!
+//! Transport, as Docker and podman choose it: HTTPS with verified certificates;
+//! plain HTTP for registries in `$HUSK_INSECURE_REGISTRIES`; for a registry on
+//! loopback (`localhost`, `127.0.0.0/8`, `[::1]`) HTTPS first, then plain HTTP
+//! if HTTPS fails; with [`RegistryOptions::tls_verify`] off, HTTPS without
+//! certificate checks first, then plain HTTP.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -71,6 +78,30 @@ pub enum RegistryError {
         /// The limit.
         limit: u64,
     },
+    /// HTTPS failed in its TLS layer: the registry may speak plain HTTP, or have a
+    /// certificate husk cannot verify.
+    #[error(
+        "cannot reach registry at {url}: TLS failed (if {registry} speaks plain HTTP or has a certificate that cannot be verified, add it to $HUSK_INSECURE_REGISTRIES or pass --tls-verify=false)"
+    )]
+    Tls {
+        /// The URL requested.
+        url: String,
+        /// Registry host.
+        registry: String,
+        /// The cause.
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// An upload answer without the header the protocol requires.
+    #[error("{url}: registry answered HTTP {status} without a usable {header} header")]
+    BadUpload {
+        /// The URL requested.
+        url: String,
+        /// The status.
+        status: u16,
+        /// The missing header.
+        header: &'static str,
+    },
     /// A malformed `WWW-Authenticate` header or token response.
     #[error("{registry}: bad authentication response: {detail}")]
     BadAuth {
@@ -112,6 +143,12 @@ pub struct RegistryOptions {
     pub attempts: u32,
     /// Connect/read timeout.
     pub timeout: Duration,
+    /// Verify TLS certificates (`--tls-verify=false` turns this off: then HTTPS
+    /// without verification is tried first, then plain HTTP).
+    pub tls_verify: bool,
+    /// Pushes upload blobs larger than this in chunks of this size (`PATCH`),
+    /// smaller ones in one `PUT`.
+    pub upload_chunk_size: u64,
 }
 
 impl Default for RegistryOptions {
@@ -122,6 +159,8 @@ impl Default for RegistryOptions {
             max_concurrent_downloads: 3,
             attempts: 3,
             timeout: Duration::from_secs(60),
+            tls_verify: true,
+            upload_chunk_size: 32 << 20,
         }
     }
 }
@@ -146,6 +185,26 @@ impl RegistryOptions {
 
     fn is_insecure(&self, registry: &str) -> bool {
         self.insecure_registries.iter().any(|r| r == registry)
+    }
+}
+
+/// Whether `host[:port]` names this machine's loopback: `localhost`, an address
+/// in `127.0.0.0/8`, or `[::1]` (Docker lets those speak plain HTTP).
+pub fn is_loopback(endpoint: &str) -> bool {
+    let host = if let Some(rest) = endpoint.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, _)) => h,
+            None => return false,
+        }
+    } else {
+        endpoint.split(':').next().unwrap_or("")
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => false,
     }
 }
 
@@ -298,15 +357,88 @@ pub(crate) struct Response {
     pub(crate) content_type: Option<String>,
     pub(crate) docker_digest: Option<String>,
     pub(crate) content_range: Option<String>,
+    pub(crate) location: Option<String>,
     pub(crate) body: Box<dyn Read + Send>,
+}
+
+/// A request body that can be sent again (after an authentication challenge or a
+/// broken connection).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Payload<'a> {
+    /// No body.
+    Empty,
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// `len` bytes of a file from `offset`.
+    File {
+        /// The file (read with positioned reads, so its offset is untouched).
+        file: &'a std::fs::File,
+        /// Where the bytes start.
+        offset: u64,
+        /// How many.
+        len: u64,
+    },
+}
+
+impl Payload<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Empty => 0,
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::File { len, .. } => *len,
+        }
+    }
+}
+
+/// Reads a file range with `pread`.
+struct RangeReader<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than the blob",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// How a repository's registry is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// HTTPS, certificates verified.
+    Https,
+    /// Plain HTTP (`$HUSK_INSECURE_REGISTRIES`).
+    Http,
+    /// HTTPS if it answers, else plain HTTP (loopback, or `tls_verify` off).
+    HttpsThenHttp,
 }
 
 /// A connection to one repository of one registry.
 pub struct Repository {
     agent: ureq::Agent,
-    base: String,
+    endpoint: String,
+    transport: Transport,
+    base: std::sync::OnceLock<String>,
     registry: String,
     repository: String,
+    /// Actions asked for in token scopes: `pull`, or `pull,push`.
+    actions: String,
+    /// Other repositories' scopes asked for too (cross-repository mounts).
+    extra_scopes: Vec<String>,
     credentials: Option<(String, String)>,
     auth: Mutex<AuthState>,
 }
@@ -314,14 +446,19 @@ pub struct Repository {
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository")
-            .field("base", &self.base)
+            .field("endpoint", &self.endpoint)
+            .field("transport", &self.transport)
             .field("repository", &self.repository)
             .finish()
     }
 }
 
 fn agent(opts: &RegistryOptions) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .disable_verification(!opts.tls_verify)
+        .build();
     ureq::Agent::config_builder()
+        .tls_config(tls)
         .http_status_as_error(false)
         .timeout_connect(Some(opts.timeout))
         .timeout_recv_response(Some(opts.timeout))
@@ -346,10 +483,12 @@ impl Repository {
         repository: &str,
         opts: &RegistryOptions,
     ) -> Result<Repository, RegistryError> {
-        let scheme = if opts.is_insecure(registry) || opts.is_insecure(endpoint) {
-            "http"
+        let transport = if opts.is_insecure(registry) || opts.is_insecure(endpoint) {
+            Transport::Http
+        } else if !opts.tls_verify || is_loopback(endpoint) {
+            Transport::HttpsThenHttp
         } else {
-            "https"
+            Transport::Https
         };
         let credentials = match &opts.credentials_file {
             Some(p) => CredentialsFile::load(p)?.get(registry),
@@ -357,12 +496,84 @@ impl Repository {
         };
         Ok(Repository {
             agent: agent(opts),
-            base: format!("{scheme}://{endpoint}"),
+            endpoint: endpoint.to_string(),
+            transport,
+            base: std::sync::OnceLock::new(),
             registry: registry.to_string(),
             repository: repository.to_string(),
+            actions: "pull".to_string(),
+            extra_scopes: Vec::new(),
             credentials,
             auth: Mutex::new(AuthState::None),
         })
+    }
+
+    /// Asks for push access (and pull access to `mount_from`, repositories of the
+    /// same registry that blobs may be mounted from) when authenticating.
+    pub(crate) fn for_push(mut self, mount_from: &[String]) -> Repository {
+        self.actions = "pull,push".to_string();
+        self.extra_scopes = mount_from
+            .iter()
+            .filter(|r| **r != self.repository)
+            .map(|r| format!("repository:{r}:pull"))
+            .collect();
+        self
+    }
+
+    /// `scheme://endpoint`, probing HTTPS once where plain HTTP is a fallback.
+    fn base(&self) -> &str {
+        self.base.get_or_init(|| match self.transport {
+            Transport::Https => format!("https://{}", self.endpoint),
+            Transport::Http => format!("http://{}", self.endpoint),
+            Transport::HttpsThenHttp => {
+                let https = format!("https://{}", self.endpoint);
+                match self.agent.get(&format!("{https}/v2/")).call() {
+                    Ok(_) => https,
+                    Err(e) => {
+                        log::debug!("{}: HTTPS failed ({e}); using plain HTTP", self.endpoint);
+                        format!("http://{}", self.endpoint)
+                    }
+                }
+            }
+        })
+    }
+
+    /// The URL of `path` under `/v2/`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}/v2/{path}", self.base())
+    }
+
+    /// Resolves a `Location` header (absolute, or a path on the registry).
+    pub(crate) fn resolve_location(&self, location: &str) -> String {
+        if location.starts_with("https://") || location.starts_with("http://") {
+            location.to_string()
+        } else if location.starts_with('/') {
+            format!("{}{location}", self.base())
+        } else {
+            format!("{}/v2/{location}", self.base())
+        }
+    }
+
+    /// The scopes to ask a token service for.
+    fn scopes(&self) -> Vec<String> {
+        let mut v = vec![format!("repository:{}:{}", self.repository, self.actions)];
+        v.extend(self.extra_scopes.iter().cloned());
+        v
+    }
+
+    fn connect_error(&self, url: &str, e: ureq::Error) -> RegistryError {
+        if url.starts_with("https://") && is_tls_error(&e) {
+            RegistryError::Tls {
+                url: url.to_string(),
+                registry: self.registry.clone(),
+                source: Box::new(e),
+            }
+        } else {
+            RegistryError::Connect {
+                url: url.to_string(),
+                source: Box::new(e),
+            }
+        }
     }
 
     /// Registry host as named in references.
@@ -385,20 +596,43 @@ impl Repository {
 
     fn send(
         &self,
+        method: &str,
         url: &str,
         headers: &[(&str, String)],
+        payload: Payload<'_>,
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
-        let mut req = self.agent.get(url);
+        let mut builder = ureq::http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
-            req = req.header(*k, v.as_str());
+            builder = builder.header(*k, v.as_str());
         }
         if let Some(a) = self.auth_header() {
-            req = req.header("Authorization", a.as_str());
+            builder = builder.header("Authorization", a.as_str());
         }
-        req.call().map_err(|e| RegistryError::Connect {
+        let has_body = !matches!(payload, Payload::Empty) || method == "PUT" || method == "POST";
+        if has_body {
+            builder = builder.header("Content-Length", payload.len().to_string());
+        }
+        let bad_request = |e: ureq::http::Error| RegistryError::Connect {
             url: url.to_string(),
-            source: Box::new(e),
-        })
+            source: Box::new(ureq::Error::Http(e)),
+        };
+        let result = match payload {
+            Payload::Empty if has_body => {
+                self.agent.run(builder.body(&[][..]).map_err(bad_request)?)
+            }
+            Payload::Empty => self.agent.run(builder.body(()).map_err(bad_request)?),
+            Payload::Bytes(b) => self.agent.run(builder.body(b).map_err(bad_request)?),
+            Payload::File { file, offset, len } => {
+                let mut reader = RangeReader {
+                    file,
+                    pos: offset,
+                    end: offset + len,
+                };
+                let body = ureq::SendBody::from_reader(&mut reader);
+                self.agent.run(builder.body(body).map_err(bad_request)?)
+            }
+        };
+        result.map_err(|e| self.connect_error(url, e))
     }
 
     /// GET `path` (under `/v2/`), answering one authentication challenge if needed.
@@ -407,8 +641,20 @@ impl Repository {
         path: &str,
         headers: &[(&str, String)],
     ) -> Result<Response, RegistryError> {
-        let url = format!("{}/v2/{}", self.base, path);
-        let mut resp = self.send(&url, headers)?;
+        self.request("GET", &self.url(path), headers, Payload::Empty)
+    }
+
+    /// Any request to a full registry URL, answering one authentication challenge
+    /// if needed (the payload is then sent again).
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        payload: Payload<'_>,
+    ) -> Result<Response, RegistryError> {
+        let url = url.to_string();
+        let mut resp = self.send(method, &url, headers, payload)?;
         if resp.status().as_u16() == 401 {
             let challenge = resp
                 .headers()
@@ -416,11 +662,8 @@ impl Repository {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             drop(resp);
-            self.authenticate(
-                challenge.as_deref(),
-                Some(&format!("repository:{}:pull", self.repository)),
-            )?;
-            resp = self.send(&url, headers)?;
+            self.authenticate(challenge.as_deref(), &self.scopes())?;
+            resp = self.send(method, &url, headers, payload)?;
             if resp.status().as_u16() == 401 {
                 return Err(RegistryError::Unauthorized {
                     registry: self.registry.clone(),
@@ -446,6 +689,7 @@ impl Repository {
             content_type: header("content-type"),
             docker_digest: header("docker-content-digest"),
             content_range: header("content-range"),
+            location: header("location"),
             body: Box::new(resp.into_body().into_reader()),
         })
     }
@@ -455,7 +699,7 @@ impl Repository {
     fn authenticate(
         &self,
         challenge: Option<&str>,
-        scope: Option<&str>,
+        scopes: &[String],
     ) -> Result<(), RegistryError> {
         let bad = |detail: String| RegistryError::BadAuth {
             registry: self.registry.clone(),
@@ -496,10 +740,15 @@ impl Repository {
                 if let Some(s) = c.params.get("service") {
                     query.push(format!("service={}", urlencode(s)));
                 }
-                match (c.params.get("scope"), scope) {
-                    (Some(s), _) => query.push(format!("scope={}", urlencode(s))),
-                    (None, Some(s)) => query.push(format!("scope={}", urlencode(s))),
-                    (None, None) => {}
+                // The challenge's scope (what the refused request needed), then ours.
+                let mut wanted: Vec<&str> = Vec::new();
+                for s in c.params.get("scope").into_iter().chain(scopes) {
+                    if !wanted.contains(&s.as_str()) {
+                        wanted.push(s);
+                    }
+                }
+                for s in wanted.into_iter().take(16) {
+                    query.push(format!("scope={}", urlencode(s)));
                 }
                 let url = if query.is_empty() {
                     realm.clone()
@@ -511,10 +760,7 @@ impl Repository {
                 if let Some(b) = &basic {
                     req = req.header("Authorization", format!("Basic {b}").as_str());
                 }
-                let resp = req.call().map_err(|e| RegistryError::Connect {
-                    url: url.clone(),
-                    source: Box::new(e),
-                })?;
+                let resp = req.call().map_err(|e| self.connect_error(&url, e))?;
                 let status = resp.status().as_u16();
                 let body = read_limited(resp.into_body(), &url, ERROR_BODY_LIMIT)?;
                 if status == 401 || status == 403 {
@@ -553,8 +799,8 @@ impl Repository {
 
     /// Checks that the registry accepts us (`GET /v2/`), as `husk login` does.
     pub fn ping(&self) -> Result<(), RegistryError> {
-        let url = format!("{}/v2/", self.base);
-        let resp = self.send(&url, &[])?;
+        let url = format!("{}/v2/", self.base());
+        let resp = self.send("GET", &url, &[], Payload::Empty)?;
         if resp.status().as_u16() == 401 {
             let challenge = resp
                 .headers()
@@ -562,8 +808,8 @@ impl Repository {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             drop(resp);
-            self.authenticate(challenge.as_deref(), None)?;
-            let resp = self.send(&url, &[])?;
+            self.authenticate(challenge.as_deref(), &[])?;
+            let resp = self.send("GET", &url, &[], Payload::Empty)?;
             return match resp.status().as_u16() {
                 200 => Ok(()),
                 401 | 403 => Err(RegistryError::Unauthorized {
@@ -612,10 +858,52 @@ impl Repository {
                 detail: format!("access to {} denied: {message}", self.repository),
             }),
             status => Err(RegistryError::Status {
-                url: format!("{}/v2/{url_path}", self.base),
+                url: if url_path.contains("://") {
+                    url_path.to_string()
+                } else {
+                    self.url(url_path)
+                },
                 status,
                 message,
             }),
+        }
+    }
+}
+
+/// Whether a request failed in TLS (a plain-HTTP server answering a handshake, a
+/// certificate that does not verify), not in reaching the host.
+fn is_tls_error(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => true,
+        ureq::Error::Io(io) => {
+            let s = io.to_string();
+            [
+                "corrupt message",
+                "certificate",
+                "handshake",
+                "InvalidContentType",
+            ]
+            .iter()
+            .any(|m| s.contains(m))
+        }
+        _ => false,
+    }
+}
+
+/// Runs `f` again (up to `attempts` times in all, with a growing pause) while it
+/// fails to reach the registry.
+pub(crate) fn with_retries<T>(
+    attempts: u32,
+    mut f: impl FnMut() -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    let mut n = 0;
+    loop {
+        n += 1;
+        match f() {
+            Err(RegistryError::Connect { .. }) if n < attempts => {
+                std::thread::sleep(Duration::from_millis(200 * u64::from(n)));
+            }
+            r => return r,
         }
     }
 }
@@ -639,7 +927,7 @@ fn read_limited(body: ureq::Body, url: &str, limit: u64) -> Result<Vec<u8>, Regi
 }
 
 /// The `message` of a registry's JSON error body, or the body's start.
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Errors {
         errors: Vec<ErrorItem>,
@@ -666,7 +954,7 @@ fn error_message(body: &[u8]) -> String {
         .to_string()
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -751,6 +1039,50 @@ mod tests {
         assert_eq!(c.scheme, "basic");
         assert_eq!(c.params["realm"], "husk test");
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
+    }
+
+    #[test]
+    fn loopback_names() {
+        for l in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:1",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:80",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback(l), "{l}");
+        }
+        for r in [
+            "docker.io",
+            "registry-1.docker.io",
+            "10.0.0.1:5000",
+            "128.0.0.1",
+            "localhost.example.com",
+            "[::2]:5000",
+            "[::1",
+            "",
+        ] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn transports() {
+        let o = RegistryOptions::default();
+        let t =
+            |reg: &str, o: &RegistryOptions| Repository::new(reg, reg, "r", o).unwrap().transport;
+        assert_eq!(t("example.com", &o), Transport::Https);
+        assert_eq!(t("127.0.0.1:5000", &o), Transport::HttpsThenHttp);
+        assert_eq!(t("localhost:5000", &o), Transport::HttpsThenHttp);
+        let mut insecure = o.clone();
+        insecure.insecure_registries = vec!["example.com".into()];
+        assert_eq!(t("example.com", &insecure), Transport::Http);
+        let mut no_verify = o.clone();
+        no_verify.tls_verify = false;
+        assert_eq!(t("example.com", &no_verify), Transport::HttpsThenHttp);
     }
 
     #[test]

@@ -22,8 +22,11 @@
 //!   written but not yet named;
 //! - a rootfs is unpacked into a temp directory and renamed into place when complete.
 //!
-//! A crash leaves at most files under `tmp/` and `rootfs/.tmp-*`, which are ignored,
-//! resumed (partial downloads) or removed later.
+//! A crash leaves at most files under `tmp/`, `rootfs/.tmp-*` (an unfinished unpack),
+//! `rootfs/.trash-*` (an unfinished collection) and `.<file>.tmp-*` at the root (an
+//! unfinished atomic write). Partial downloads are resumed; the rest is removed when
+//! the store is next opened or collected, each only under the lock its writer holds
+//! (see [`Store::collect_leftovers`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
@@ -252,7 +255,24 @@ impl Store {
             fsutil::write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
                 .map_err(io_err("write", &layout))?;
         }
-        Ok(Store { root })
+        let store = Store { root };
+        // Best effort: a store this process may not write to is still readable.
+        if let Err(e) = store.collect_leftovers() {
+            log::debug!("image store: leftovers not collected: {e}");
+        }
+        Ok(store)
+    }
+
+    /// Removes crash leftovers (see [`Store::gc`]) if no pull, load or
+    /// collection is running now; otherwise leaves them for a later open or
+    /// collection. Returns whether it ran.
+    pub fn collect_leftovers(&self) -> Result<bool, StoreError> {
+        let gc_path = self.root.join("gc.lock");
+        let Some(_gc) = FileLock::try_exclusive(&gc_path).map_err(io_err("lock", &gc_path))? else {
+            return Ok(false);
+        };
+        self.sweep_leftovers()?;
+        Ok(true)
     }
 
     /// The store's root directory.
@@ -472,6 +492,44 @@ impl Store {
             source,
         })?;
         Ok((config, bytes))
+    }
+
+    /// Where the store's blobs are known to exist in registries: for each index
+    /// entry with a repo digest (recorded by a pull or a push), that repository
+    /// (`registry/path`, as a reference) and the digests of the manifest's config
+    /// and layers.
+    pub(crate) fn known_sources(&self) -> Result<Vec<(Reference, Vec<Digest>)>, StoreError> {
+        let index = self.read_index()?;
+        let mut out = Vec::new();
+        for e in &index.manifests {
+            let Some(r) = e
+                .annotations
+                .get(ANNOTATION_REPO_DIGEST)
+                .and_then(|rd| Reference::parse(rd).ok())
+            else {
+                continue;
+            };
+            let Ok(m) = self.load_manifest(&e.digest) else {
+                continue;
+            };
+            let mut blobs = vec![m.config.digest.clone()];
+            blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
+            out.push((r, blobs));
+        }
+        Ok(out)
+    }
+
+    /// Records that the image whose manifest is `manifest` is in a registry as
+    /// `repo_digest` (`registry/path@sha256:…`), under `name` (a full reference),
+    /// as after a push.
+    pub(crate) fn record_repo_digest(
+        &self,
+        manifest: &Descriptor,
+        name: Option<&str>,
+        repo_digest: &str,
+    ) -> Result<(), StoreError> {
+        let names: Vec<String> = name.into_iter().map(str::to_string).collect();
+        self.add_image(manifest, &names, Some(repo_digest))
     }
 
     /// Every image in the store, one entry per image (not per name).
@@ -867,39 +925,6 @@ impl Store {
                 std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
             }
         }
-        // Nothing is writing blobs now: leftover blob temp files are from crashes, and
-        // partial downloads nobody resumed for a week are abandoned.
-        let tmp = self.tmp_dir();
-        for entry in std::fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
-            let entry = entry.map_err(io_err("list", &tmp))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale_partial = name.ends_with(".partial")
-                && entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > PARTIAL_MAX_AGE);
-            if name.starts_with("blob-") || stale_partial {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        // Half-written index temp files from crashes (under the index lock, so no writer
-        // is between its write and its rename).
-        {
-            let lock_path = self.root.join("index.lock");
-            let _lock = FileLock::exclusive(&lock_path).map_err(io_err("lock", &lock_path))?;
-            for entry in std::fs::read_dir(&self.root).map_err(io_err("list", &self.root))? {
-                let entry = entry.map_err(io_err("list", &self.root))?;
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".index.json.tmp")
-                {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
         let rootfs = self.root.join("rootfs");
         for entry in std::fs::read_dir(&rootfs).map_err(io_err("list", &rootfs))? {
             let entry = entry.map_err(io_err("list", &rootfs))?;
@@ -917,7 +942,85 @@ impl Store {
                 std::fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
             }
         }
+        self.sweep_leftovers()?;
         Ok(true)
+    }
+
+    /// Removes what crashed processes left: blob temp files (`tmp/blob-*`),
+    /// partial downloads nobody resumed for a week (`tmp/*.partial`),
+    /// half-written index files (`.index.json.tmp-*`), other atomic-write temp
+    /// files at the root whose writer is gone (`.auth.json.tmp-*`, which may
+    /// hold credentials), rootfs directories a garbage collection was deleting
+    /// (`rootfs/.trash-*`) and unfinished unpacks (`rootfs/.tmp-<chain>-*`).
+    ///
+    /// The caller holds `gc.lock` exclusively: no pull or load is writing blobs
+    /// and no other collection runs. Each other leftover is removed only under
+    /// the lock its writer holds (`index.lock`; `rootfs/<chain>.lock`
+    /// exclusively, so nobody is unpacking that chain), or when the process
+    /// named in it has exited.
+    fn sweep_leftovers(&self) -> Result<(), StoreError> {
+        let tmp = self.tmp_dir();
+        for entry in std::fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
+            let entry = entry.map_err(io_err("list", &tmp))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale_partial = name.ends_with(".partial")
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > PARTIAL_MAX_AGE);
+            if name.starts_with("blob-") || stale_partial {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        {
+            let lock_path = self.root.join("index.lock");
+            let _lock = FileLock::exclusive(&lock_path).map_err(io_err("lock", &lock_path))?;
+            for entry in std::fs::read_dir(&self.root).map_err(io_err("list", &self.root))? {
+                let entry = entry.map_err(io_err("list", &self.root))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // The index's temp files are written under the index lock we hold.
+                let index_tmp = name.starts_with(".index.json.tmp");
+                // Others (credentials, oci-layout): when their writer has exited.
+                let orphan = name.starts_with('.')
+                    && temp_owner(&name, ".tmp-").is_some_and(|pid| !process_exists(pid));
+                if (index_tmp || orphan) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let rootfs = self.root.join("rootfs");
+        let dir = fsutil::open_dir(&rootfs).map_err(io_err("open", &rootfs))?;
+        for entry in std::fs::read_dir(&rootfs).map_err(io_err("list", &rootfs))? {
+            let entry = entry.map_err(io_err("list", &rootfs))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let _chain_lock = if name.starts_with(".trash-") {
+                // Only a collection makes these, and none other runs: its
+                // rootfs was already out of use when it was renamed here.
+                None
+            } else if let Some(chain) = name
+                .strip_prefix(".tmp-")
+                .and_then(|rest| rest.split('-').next())
+                .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                let lock_path = rootfs.join(format!("{chain}.lock"));
+                match FileLock::try_exclusive(&lock_path).map_err(io_err("lock", &lock_path))? {
+                    Some(l) => Some(l),
+                    // Someone is unpacking or using that chain: leave it.
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
+            if let Err(e) = fsutil::remove_all_at(&dir, entry.file_name().as_os_str()) {
+                log::warn!(
+                    "image store: cannot remove the leftover {}: {e}",
+                    entry.path().display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The unpacked rootfs of an image, unpacking it first if no process has yet. The
@@ -1003,6 +1106,27 @@ impl Store {
         }
         result
     }
+}
+
+/// The process id in a temp name made by `fsutil::unique_name`
+/// (`<prefix><marker><pid>-<nanos>-<n>`), if it has that shape.
+fn temp_owner(name: &str, marker: &str) -> Option<u32> {
+    let (_, rest) = name.split_once(marker)?;
+    let mut parts = rest.split('-');
+    let pid = parts.next()?.parse::<u32>().ok()?;
+    parts.next()?.parse::<u128>().ok()?;
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next().is_none().then_some(pid)
+}
+
+/// Whether a process with this id exists (in this pid namespace). When in
+/// doubt, yes.
+fn process_exists(pid: u32) -> bool {
+    pid == std::process::id()
+        || !matches!(
+            std::fs::metadata(format!("/proc/{pid}")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound
+        )
 }
 
 /// A blob being written: hashed as it goes, renamed into place by [`BlobWriter::commit`].
@@ -1110,5 +1234,97 @@ impl Drop for StagedBlob {
         if !self.tmp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain() -> String {
+        "ab".repeat(32)
+    }
+
+    #[test]
+    fn leftovers_of_crashes_are_collected_when_the_store_is_opened() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let root = store.root().to_path_buf();
+        // A collection that crashed while deleting a rootfs.
+        let trash = root.join("rootfs/.trash-1-2-3");
+        std::fs::create_dir_all(trash.join("usr/bin")).unwrap();
+        std::fs::write(trash.join("usr/bin/sh"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", trash.join("etc")).unwrap();
+        // An unpack that crashed.
+        let unpack = root.join(format!("rootfs/.tmp-{}-4-5-6", chain()));
+        std::fs::create_dir_all(unpack.join("bin")).unwrap();
+        // A blob write and an index write that crashed; a dead writer's
+        // credentials temp file (pid beyond pid_max).
+        std::fs::write(root.join("tmp/blob-7-8-9"), b"half").unwrap();
+        std::fs::write(root.join(".index.json.tmp-7-8-9"), b"{").unwrap();
+        std::fs::write(root.join(".auth.json.tmp-99999999-8-9"), b"secret").unwrap();
+        // Not leftovers: a fresh partial download (resumable), a live
+        // writer's temp file, an unrelated name.
+        std::fs::write(root.join("tmp/abc.partial"), b"part").unwrap();
+        let live = format!(".auth.json.tmp-{}-8-9", std::process::id());
+        std::fs::write(root.join(&live), b"mine").unwrap();
+        std::fs::create_dir(root.join("rootfs/.keep")).unwrap();
+
+        let store = Store::open(&root).unwrap();
+        assert!(!trash.exists());
+        assert!(!unpack.exists());
+        assert!(!root.join("tmp/blob-7-8-9").exists());
+        assert!(!root.join(".index.json.tmp-7-8-9").exists());
+        assert!(!root.join(".auth.json.tmp-99999999-8-9").exists());
+        assert!(
+            Path::new("/etc").is_dir(),
+            "a symlink in the trash was followed"
+        );
+        assert!(root.join("tmp/abc.partial").exists());
+        assert!(root.join(&live).exists());
+        assert!(root.join("rootfs/.keep").exists());
+        assert!(root.join("oci-layout").exists());
+        // And in garbage collection.
+        std::fs::create_dir(root.join("rootfs/.trash-9-9-9")).unwrap();
+        assert!(store.gc().unwrap());
+        assert!(!root.join("rootfs/.trash-9-9-9").exists());
+    }
+
+    #[test]
+    fn leftovers_in_use_are_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let root = store.root().to_path_buf();
+        let unpack = root.join(format!("rootfs/.tmp-{}-4-5-6", chain()));
+        std::fs::create_dir_all(&unpack).unwrap();
+        std::fs::write(root.join("tmp/blob-7-8-9"), b"half").unwrap();
+        // Someone unpacks that chain: its temp dir stays.
+        let chain_lock =
+            FileLock::exclusive(&root.join(format!("rootfs/{}.lock", chain()))).unwrap();
+        assert!(store.collect_leftovers().unwrap());
+        assert!(unpack.exists());
+        assert!(!root.join("tmp/blob-7-8-9").exists());
+        drop(chain_lock);
+        // A pull or load is writing blobs: nothing is touched.
+        std::fs::write(root.join("tmp/blob-7-8-9"), b"half").unwrap();
+        let guard = store.gc_guard().unwrap();
+        assert!(!store.collect_leftovers().unwrap());
+        let _ = Store::open(&root).unwrap();
+        assert!(root.join("tmp/blob-7-8-9").exists());
+        assert!(unpack.exists());
+        drop(guard);
+        assert!(store.collect_leftovers().unwrap());
+        assert!(!unpack.exists());
+        assert!(!root.join("tmp/blob-7-8-9").exists());
+    }
+
+    #[test]
+    fn temp_names() {
+        assert_eq!(temp_owner(".auth.json.tmp-12-34-5", ".tmp-"), Some(12));
+        assert_eq!(temp_owner(".auth.json.tmp-12-34", ".tmp-"), None);
+        assert_eq!(temp_owner(".auth.json.tmp-x-34-5", ".tmp-"), None);
+        assert_eq!(temp_owner("auth.json", ".tmp-"), None);
+        assert!(process_exists(std::process::id()));
+        assert!(!process_exists(99_999_999));
     }
 }

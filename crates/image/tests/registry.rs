@@ -440,7 +440,7 @@ fn registry_dying_mid_pull_fails_cleanly_and_retry_resumes() {
 }
 
 #[test]
-fn missing_tag_and_plain_http_refused_without_insecure() {
+fn missing_tag_fails_and_loopback_speaks_plain_http() {
     let (tmp, store) = setup();
     let reg = Registry::start(&tmp.path().join("reg"), None);
     let layout = tmp.path().join("layout");
@@ -455,11 +455,252 @@ fn missing_tag_and_plain_http_refused_without_insecure() {
     let r = Reference::parse(&format!("{}/a/b:nope", reg.host())).unwrap();
     let err = pull(&store, &r, &opts(&reg.host(), None), &NoProgress).unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
-    // Without marking it insecure, husk speaks HTTPS only: the plain-HTTP registry fails.
+    assert!(store.images().unwrap().is_empty());
+    // Not marked insecure, but on loopback: HTTPS fails, plain HTTP is used (as
+    // Docker does), with no $HUSK_INSECURE_REGISTRIES.
     let r = Reference::parse(&format!("{}/a/b:v1", reg.host())).unwrap();
     let o = husk_image::RegistryOptions::default();
-    assert!(pull(&store, &r, &o, &NoProgress).is_err());
+    assert!(o.insecure_registries.is_empty() && o.tls_verify);
+    pull(&store, &r, &o, &NoProgress).unwrap();
+    assert_eq!(store.images().unwrap().len(), 1);
+    // localhost is loopback too.
+    let r = Reference::parse(&format!("localhost:{}/a/b:v1", reg.port)).unwrap();
+    let store2 = Store::open(tmp.path().join("store2")).unwrap();
+    pull(&store2, &r, &o, &NoProgress).unwrap();
+}
+
+#[test]
+fn plain_http_elsewhere_needs_tls_verify_false_and_the_error_says_so() {
+    let Some(ip) =
+        non_loopback_ipv4("plain_http_elsewhere_needs_tls_verify_false_and_the_error_says_so")
+    else {
+        return;
+    };
+    let (tmp, store) = setup();
+    let reg = Registry::start(&tmp.path().join("reg"), None);
+    let layout = tmp.path().join("layout");
+    let w = oci_layout(&layout, "v1", &ImageSpec::busybox("remote"));
+    push(
+        &layout,
+        "v1",
+        &format!("{}/r/img:v1", reg.host()),
+        None,
+        false,
+    );
+    // The registry as a remote host would be: a non-loopback address.
+    let fwd = Forward::start(ip, reg.port);
+    let host = format!("{ip}:{}", fwd.port);
+    let r = Reference::parse(&format!("{host}/r/img:v1")).unwrap();
+    let o = husk_image::RegistryOptions::default();
+    let err = pull(&store, &r, &o, &NoProgress).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            PullError::Registry(husk_image::RegistryError::Tls { .. })
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("$HUSK_INSECURE_REGISTRIES") && msg.contains("--tls-verify=false"),
+        "{msg}"
+    );
+    // --tls-verify=false: HTTPS without verification fails, plain HTTP works.
+    let o = husk_image::RegistryOptions {
+        tls_verify: false,
+        ..Default::default()
+    };
+    let out = pull(&store, &r, &o, &NoProgress).unwrap();
+    assert_eq!(out.image.id, w.config);
+    // $HUSK_INSECURE_REGISTRIES's list still works.
+    let store2 = Store::open(tmp.path().join("store2")).unwrap();
+    let out = pull(&store2, &r, &opts(&host, None), &NoProgress).unwrap();
+    assert_eq!(out.image.id, w.config);
+}
+
+/// An image in a store, loaded from an OCI layout and named `name`.
+fn loaded_image(tmp: &std::path::Path, store: &Store, spec: &ImageSpec, name: &str) -> Written {
+    let layout = tmp.join(format!("layout-{}", name.replace(['/', ':'], "_")));
+    let w = oci_layout(&layout, "v1", spec);
+    husk_image::load_layout(store, &layout, None).unwrap();
+    store.tag(&w.config.to_string(), name).unwrap();
+    w
+}
+
+fn push_lines(
+    store: &Store,
+    name: &str,
+    o: &husk_image::RegistryOptions,
+) -> (husk_image::PushOutcome, Vec<String>) {
+    let rec = Recorder::default();
+    let out = husk_image::push(store, &Reference::parse(name).unwrap(), o, &rec).unwrap();
+    let lines = rec.lines.lock().unwrap().clone();
+    (out, lines)
+}
+
+#[test]
+fn push_then_inspect_with_skopeo_and_pull_back() {
+    let (tmp, store) = setup();
+    let reg = Registry::start(&tmp.path().join("reg"), None);
+    let mut spec = ImageSpec::busybox("pushed");
+    // Big enough to go up in several chunks with the chunk size below.
+    spec.layers
+        .push(layer(&[E::File("data.bin", &vec![3u8; 300_000], 0o644)]));
+    let name = format!("{}/push/img:v1", reg.host());
+    let w = loaded_image(tmp.path(), &store, &spec, &name);
+    let o = husk_image::RegistryOptions {
+        upload_chunk_size: 64 << 10,
+        ..Default::default()
+    };
+    // The busybox layer goes up in chunks (PATCH), the rest in one PUT each.
+    let big = std::fs::metadata(store.blob_path(&w.layers[0]))
+        .unwrap()
+        .len();
+    assert!(big > 3 * o.upload_chunk_size, "{big}");
+    assert!(
+        std::fs::metadata(store.blob_path(&w.layers[1]))
+            .unwrap()
+            .len()
+            < o.upload_chunk_size
+    );
+
+    let (out, lines) = push_lines(&store, &name, &o);
+    assert_eq!(
+        lines[0],
+        format!("The push refers to repository [{}/push/img]", reg.host())
+    );
+    for l in &w.layers {
+        assert!(
+            lines.contains(&format!("{}: Preparing", l.short())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&format!("{}: Pushed", l.short())),
+            "{lines:?}"
+        );
+    }
+    assert_eq!(out.digest, w.manifest);
+    assert_eq!(out.size, w.manifest_len);
+    assert_eq!(
+        (out.pushed, out.existed, out.mounted),
+        (3, 0, 0),
+        "2 layers and the config"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("v1: digest: {} size: {}", w.manifest, w.manifest_len)
+    );
+
+    // skopeo sees the same manifest digest.
+    let json = skopeo_output(&["inspect", "--tls-verify=false", &format!("docker://{name}")]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["Digest"], w.manifest.to_string(), "{json}");
+    // The push is recorded as the image's repo digest.
+    let img = store.resolve(&name).unwrap();
+    assert_eq!(
+        img.repo_digests,
+        [format!("{}/push/img@{}", reg.host(), w.manifest)]
+    );
+
+    // Deleted locally, pulled back over plain HTTP (loopback, no options): the same image.
+    store.remove(&name, true).unwrap();
     assert!(store.images().unwrap().is_empty());
+    assert!(store.gc().unwrap());
+    assert!(!store.has_blob(&w.layers[1]));
+    let back = pull(
+        &store,
+        &Reference::parse(&name).unwrap(),
+        &husk_image::RegistryOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(back.image.id, w.config);
+    assert_eq!(back.image.manifest_digest, w.manifest);
+    assert_eq!(back.digest, w.manifest);
+    let rootfs = store.rootfs(&back.image, UnpackLimits::default()).unwrap();
+    assert_eq!(
+        std::fs::read(rootfs.path.join("data.bin")).unwrap(),
+        vec![3u8; 300_000]
+    );
+}
+
+#[test]
+fn push_skips_blobs_the_registry_has_and_mounts_from_other_repositories() {
+    let (tmp, store) = setup();
+    let reg = Registry::start(&tmp.path().join("reg"), None);
+    let spec = ImageSpec::busybox("again");
+    let name = format!("{}/first/img:v1", reg.host());
+    let w = loaded_image(tmp.path(), &store, &spec, &name);
+    let o = husk_image::RegistryOptions::default();
+    let (first, _) = push_lines(&store, &name, &o);
+    assert_eq!(first.pushed, 2);
+
+    // Pushed again: every blob is already there.
+    let (again, lines) = push_lines(&store, &name, &o);
+    assert_eq!((again.pushed, again.existed, again.mounted), (0, 2, 0));
+    assert!(
+        lines.contains(&format!("{}: Layer already exists", w.layers[0].short())),
+        "{lines:?}"
+    );
+    assert_eq!(again.digest, first.digest);
+
+    // Another repository of the same registry: mounted from the first.
+    let other = format!("{}/second/img:v2", reg.host());
+    store.tag(&name, &other).unwrap();
+    let (mounted, lines) = push_lines(&store, &other, &o);
+    assert_eq!(
+        (mounted.pushed, mounted.existed, mounted.mounted),
+        (0, 0, 2),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&format!("{}: Mounted from first/img", w.layers[0].short())),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("v2: digest: {} size: {}", w.manifest, w.manifest_len)
+    );
+    let json = skopeo_output(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{other}"),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["Digest"], w.manifest.to_string());
+
+    // An image that is not in the store.
+    let err = husk_image::push(
+        &store,
+        &Reference::parse(&format!("{}/nope/img:v1", reg.host())).unwrap(),
+        &o,
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not exist locally"), "{err}");
+}
+
+#[test]
+fn push_with_htpasswd_login() {
+    let (tmp, store) = setup();
+    let reg = Registry::start(&tmp.path().join("reg"), Some(("alice", "s3cret")));
+    let name = format!("{}/private/pushed:v1", reg.host());
+    let w = loaded_image(tmp.path(), &store, &ImageSpec::busybox("auth-push"), &name);
+    let o = opts(&reg.host(), Some(store.auth_path()));
+    let err =
+        husk_image::push(&store, &Reference::parse(&name).unwrap(), &o, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("husk login"), "{err}");
+    husk_image::login(&reg.host(), "alice", "s3cret", &o).unwrap();
+    let out = husk_image::push(&store, &Reference::parse(&name).unwrap(), &o, &NoProgress).unwrap();
+    assert_eq!(out.digest, w.manifest);
+    let json = skopeo_output(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "alice:s3cret",
+        &format!("docker://{name}"),
+    ]);
+    assert!(json.contains(&w.manifest.to_string()), "{json}");
 }
 
 #[test]

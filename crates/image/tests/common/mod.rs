@@ -294,6 +294,22 @@ pub fn skopeo(args: &[&str]) {
     );
 }
 
+/// Runs skopeo and returns its stdout.
+pub fn skopeo_output(args: &[&str]) -> String {
+    let bin = require("skopeo", "skopeo");
+    let out = Command::new(bin)
+        .args(["--insecure-policy"])
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Pushes an OCI layout's `tag` to `dest` (`127.0.0.1:PORT/repo:tag`).
 pub fn push(layout: &Path, tag: &str, dest: &str, creds: Option<&str>, all: bool) {
     let src = format!("oci:{}:{tag}", layout.display());
@@ -612,4 +628,76 @@ fn serve(
         return;
     }
     let _ = std::io::copy(&mut up, &mut conn);
+}
+
+/// This machine's first non-loopback IPv4 address (from `hostname -I`), for
+/// reaching a loopback service the way a remote registry is reached. Fails
+/// loudly (or, with `HUSK_ALLOW_SKIP=1`, returns `None` after a SKIPPED line)
+/// when there is none.
+pub fn non_loopback_ipv4(test: &str) -> Option<std::net::Ipv4Addr> {
+    let out = Command::new("hostname").arg("-I").output().ok();
+    let found = out.and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.parse::<std::net::Ipv4Addr>().ok())
+            .find(|ip| !ip.is_loopback())
+    });
+    if found.is_none() {
+        eprintln!("SKIPPED {test}: needs a non-loopback IPv4 address (hostname -I shows none)");
+        assert!(
+            std::env::var_os("HUSK_ALLOW_SKIP").is_some_and(|v| v == "1"),
+            "SKIPPED {test}: no non-loopback IPv4 address; set HUSK_ALLOW_SKIP=1 to accept the skip"
+        );
+    }
+    found
+}
+
+/// Forwards TCP connections from `ip:<port>` to `127.0.0.1:upstream`, byte for byte
+/// (a registry reached by a non-loopback address). Stops accepting when dropped.
+pub struct Forward {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Forward {
+    pub fn start(ip: std::net::Ipv4Addr, upstream: u16) -> Forward {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            continue;
+                        };
+                        let (mut a, mut b) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut a, &mut b);
+                            let _ = b.shutdown(std::net::Shutdown::Write);
+                        });
+                        let (mut c, mut d) = (up, conn);
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut c, &mut d);
+                            let _ = d.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Forward { port, stop }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

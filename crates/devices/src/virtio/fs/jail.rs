@@ -441,6 +441,21 @@ mod tests {
         unsafe { libc::geteuid() == 0 }
     }
 
+    /// Whether a test that needs root can run. When not root it says so on
+    /// stderr (`SKIPPED <test>: needs root (<reason>)`) and fails the test
+    /// unless `HUSK_ALLOW_SKIP=1`: a skip is never a silent "ok".
+    fn require_root(test: &str, reason: &str) -> bool {
+        if is_root() {
+            return true;
+        }
+        eprintln!("SKIPPED {test}: needs root ({reason})");
+        assert!(
+            std::env::var_os("HUSK_ALLOW_SKIP").is_some_and(|v| v == "1"),
+            "SKIPPED {test}: needs root ({reason}); run as root, or set HUSK_ALLOW_SKIP=1 to accept the skip"
+        );
+        false
+    }
+
     /// Runs `f` in a fresh thread jailed as a worker thread is, and returns
     /// what it returns.
     fn jailed<T: Send + 'static>(host_root: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -774,8 +789,10 @@ mod tests {
 
     #[test]
     fn as_root_the_thread_keeps_only_the_passthroughs_capabilities() {
-        if !is_root() {
-            eprintln!("not root: skipped");
+        if !require_root(
+            "as_root_the_thread_keeps_only_the_passthroughs_capabilities",
+            "the capabilities a root husk keeps cannot be observed without them",
+        ) {
             return;
         }
         let before = status();
@@ -844,6 +861,7 @@ mod tests {
 
     #[test]
     fn without_root_the_thread_keeps_no_capabilities() {
+        let before = self::status();
         let status = jailed(false, status);
         for name in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
             assert_eq!(hex_field(&status, name), 0, "{name}");
@@ -851,6 +869,10 @@ mod tests {
         if is_root() {
             // It could (CAP_SETPCAP), so it did.
             assert_eq!(hex_field(&status, "CapBnd"), 0);
+        } else {
+            // Without CAP_SETPCAP the bounding set cannot shrink; it is
+            // left as it was (and the thread holds none of it).
+            assert_eq!(hex_field(&status, "CapBnd"), hex_field(&before, "CapBnd"));
         }
         assert_eq!(field(&status, "Seccomp"), "2");
     }
@@ -863,8 +885,10 @@ mod tests {
     /// capability change) of the worker replaces.
     #[test]
     fn hard_links_from_a_descriptor_need_dac_read_search() {
-        if !is_root() {
-            eprintln!("not root: skipped");
+        if !require_root(
+            "hard_links_from_a_descriptor_need_dac_read_search",
+            "it drops and raises CAP_DAC_READ_SEARCH and CAP_FSETID",
+        ) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
