@@ -283,6 +283,7 @@ pub fn sandbox_config(name: &str, rootfs: &Path) -> husk_runtime::SandboxConfig 
         boot_timeout: Duration::from_secs(600),
         cmdline_extra: String::new(),
         console_to_stderr: std::env::var_os("HUSK_E2E_CONSOLE").is_some(),
+        hostname: None,
     }
 }
 

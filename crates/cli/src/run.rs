@@ -428,6 +428,7 @@ fn sandbox_config(
         boot_timeout: Duration::from_secs(vm.boot_timeout),
         cmdline_extra: vm.kernel_args.clone(),
         console_to_stderr: vm.console,
+        hostname: None,
     })
 }
 
