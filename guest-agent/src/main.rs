@@ -10,6 +10,7 @@
 //! off, as a container ends when its main process does.
 
 mod process;
+mod procinfo;
 mod reaper;
 mod sys;
 
@@ -20,7 +21,9 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use husk_protocol::{Event, FrameReader, FrameWriter, MAX_DATA_CHUNK, Request, agent_handshake};
+use husk_protocol::{
+    Event, FrameReader, FrameWriter, MAX_DATA_CHUNK, Request, RunSpec, agent_handshake,
+};
 
 use crate::reaper::Reaper;
 
@@ -211,7 +214,96 @@ fn stdin_writer(mut to: File) -> SyncSender<Option<Vec<u8>>> {
 struct Shared {
     reaper: Reaper,
     main_started: AtomicBool,
+    /// The main process's pid while it runs.
+    main_pid: Mutex<Option<i32>>,
     root: Option<String>,
+}
+
+impl Shared {
+    fn main_pid(&self) -> Option<i32> {
+        *self.main_pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs `f` on a short-lived thread of its own, so that the namespace
+/// changes it makes for its children (`unshare`/`setns` of CLONE_NEWPID
+/// apply to the calling thread's future children) go with it.
+fn on_own_thread<T: Send>(f: impl FnOnce() -> std::io::Result<T> + Send) -> std::io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread panicked")))
+    })
+}
+
+/// The main process's namespaces and root, opened while it runs.
+struct MainNs {
+    pid: std::os::fd::OwnedFd,
+    mnt: std::os::fd::OwnedFd,
+    root: std::os::fd::OwnedFd,
+}
+
+fn open_main_ns(main: i32) -> std::io::Result<MainNs> {
+    let open =
+        |what: &str| File::open(format!("/proc/{main}/{what}")).map(std::os::fd::OwnedFd::from);
+    Ok(MainNs {
+        pid: open("ns/pid")?,
+        mnt: open("ns/mnt")?,
+        root: open("root")?,
+    })
+}
+
+/// Starts `spec`: the main process as PID 1 of a new PID namespace with a
+/// /proc of its own; any other process, while the main one runs, in the
+/// main process's PID and mount namespaces (so it sees what the main
+/// process sees); otherwise in a mount namespace of its own.
+fn spawn(spec: &RunSpec, shared: &Shared) -> std::io::Result<(i32, process::Started)> {
+    let root = shared.root.as_deref();
+    if spec.main {
+        let place = match root {
+            Some(root) => process::Place::Root {
+                root,
+                fresh_proc: true,
+            },
+            None => process::Place::Agent,
+        };
+        return on_own_thread(|| {
+            sys::unshare(libc::CLONE_NEWPID)?;
+            shared.reaper.spawn(|| process::start(spec, place))
+        });
+    }
+    let joined = shared.main_pid().map(open_main_ns).and_then(|r| {
+        r.map_err(|e| {
+            log(&format!(
+                "cannot join the main process (it may have exited): {e}"
+            ))
+        })
+        .ok()
+    });
+    match joined {
+        Some(ns) => on_own_thread(|| {
+            sys::setns(&ns.pid, libc::CLONE_NEWPID)?;
+            shared.reaper.spawn(|| {
+                process::start(
+                    spec,
+                    process::Place::Join {
+                        mnt: &ns.mnt,
+                        root: &ns.root,
+                    },
+                )
+            })
+        }),
+        None => {
+            let place = match root {
+                Some(root) => process::Place::Root {
+                    root,
+                    fresh_proc: false,
+                },
+                None => process::Place::Agent,
+            };
+            shared.reaper.spawn(|| process::start(spec, place))
+        }
+    }
 }
 
 fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
@@ -226,6 +318,15 @@ fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
     let writer: Writer = Arc::new(Mutex::new(writer));
     let spec = match reader.recv::<Request>() {
         Ok(Some(Request::Run(spec))) => spec,
+        Ok(Some(Request::Top)) => {
+            let (titles, processes) = procinfo::top(shared.main_pid(), shared.root.as_deref());
+            send(&writer, &Event::Top { titles, processes });
+            return Ok(());
+        }
+        Ok(Some(Request::Stats)) => {
+            send(&writer, &Event::Stats(procinfo::stats(shared.main_pid())));
+            return Ok(());
+        }
         Ok(None) => return Ok(()),
         Ok(Some(other)) => {
             let message = format!("expected Run, got {other:?}");
@@ -250,9 +351,7 @@ fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
         );
         return Err(message);
     }
-    let started = shared
-        .reaper
-        .spawn(|| process::start(&spec, shared.root.as_deref()));
+    let started = spawn(&spec, &shared);
     let (pid, started) = match started {
         Ok(s) => s,
         Err(e) => {
@@ -271,6 +370,9 @@ fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
         }
     };
     let exit_rx = shared.reaper.watch(pid);
+    if is_main {
+        *shared.main_pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+    }
     send(&writer, &Event::Started { pid: pid as u32 });
 
     let out = pump(started.stdout, writer.clone(), false);
@@ -283,8 +385,12 @@ fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
     let waiter = {
         let writer = writer.clone();
         let exited = exited.clone();
+        let shared = shared.clone();
         std::thread::spawn(move || {
             let status = exit_rx.recv().ok();
+            if is_main {
+                *shared.main_pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
             let _ = out.join();
             if let Some(e) = err {
                 let _ = e.join();
@@ -343,6 +449,13 @@ fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
         }
     }
     drop(stdin);
+    if !is_main && !exited.load(Ordering::SeqCst) {
+        // The host side of this process is gone: so is the process (its
+        // process group: setsid made it the leader of one).
+        if sys::kill(-pid, libc::SIGKILL).is_err() {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+    }
     if is_main {
         // The host closed the main process's connection: once the process
         // has exited, the container is over.
@@ -382,6 +495,16 @@ struct BootArgs {
     volumes: Vec<VolumeArg>,
     /// `husk.tmpfs=PATH`: a fresh tmpfs in the container.
     tmpfs: Vec<String>,
+    /// `husk.hostname=NAME`: the guest's hostname (1 to 63 of [A-Za-z0-9-.]).
+    hostname: Option<String>,
+}
+
+/// A hostname husk accepts: 1 to 63 characters of `[A-Za-z0-9-.]`.
+fn hostname_ok(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// One volume from the command line.
@@ -406,6 +529,10 @@ fn parse_cmdline(cmdline: &str) -> BootArgs {
             a.rootfs_virtiofs = true;
         } else if word == "husk.upper=virtiofs" {
             a.upper_virtiofs = true;
+        } else if let Some(name) = word.strip_prefix("husk.hostname=") {
+            if hostname_ok(name) {
+                a.hostname = Some(name.to_owned());
+            }
         } else if let Some(path) = word.strip_prefix("husk.tmpfs=") {
             if guest_path_ok(path) {
                 a.tmpfs.push(path.to_owned());
@@ -529,6 +656,65 @@ fn mount_tmpfs(paths: &[String]) {
     }
 }
 
+/// Where the agent keeps the files it bind-mounts into the container (a
+/// tmpfs in the agent's own root, which the container cannot reach).
+const AGENT_RUN_DIR: &str = "/run/husk-agent";
+
+/// Docker's /etc/hosts for a container named `name`.
+fn hosts_file(name: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{name}\n"
+    )
+}
+
+/// Writes the container's /etc/hostname and /etc/hosts in the agent's
+/// run directory and bind-mounts them into the container root.
+fn container_etc_files(root: &str, name: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(AGENT_RUN_DIR)?;
+    sys::mount(
+        "husk-agent",
+        AGENT_RUN_DIR,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )?;
+    let etc = format!("{root}/etc");
+    match std::fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        // A symlink would be followed in the agent's root, not the container's.
+        Ok(_) => {
+            return Err(std::io::Error::other("the image's /etc is not a directory"));
+        }
+        Err(_) => std::fs::create_dir(&etc)?,
+    }
+    for (file, text) in [
+        ("hostname", format!("{name}\n")),
+        ("hosts", hosts_file(name)),
+    ] {
+        let source = format!("{AGENT_RUN_DIR}/{file}");
+        std::fs::write(&source, text)?;
+        let target = format!("{etc}/{file}");
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) if m.is_dir() => {
+                return Err(std::io::Error::other(format!(
+                    "the image's /etc/{file} is a directory"
+                )));
+            }
+            // A symlink (or other) is replaced: the mount must not follow it.
+            Ok(_) => {
+                std::fs::remove_file(&target)?;
+                std::fs::File::create(&target)?;
+            }
+            Err(_) => {
+                std::fs::File::create(&target)?;
+            }
+        }
+        sys::mount(&source, &target, "", libc::MS_BIND, None)?;
+    }
+    Ok(())
+}
+
 fn main() {
     if std::process::id() != 1 {
         log("must run as PID 1 in a husk guest");
@@ -536,6 +722,11 @@ fn main() {
     }
     agent_mounts();
     let args = parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if let Some(name) = &args.hostname
+        && let Err(e) = sys::sethostname(name)
+    {
+        log(&format!("sethostname {name}: {e}"));
+    }
     if args.rootfs_virtiofs
         && let Err(e) = mount_virtiofs_root(args.upper_virtiofs)
     {
@@ -561,11 +752,17 @@ fn main() {
             log(&format!("bind mount {CONTAINER_ROOT} on itself: {e}"));
         }
         container_mounts(CONTAINER_ROOT);
+        if let Some(name) = &args.hostname
+            && let Err(e) = container_etc_files(CONTAINER_ROOT, name)
+        {
+            log(&format!("cannot set up /etc/hostname and /etc/hosts: {e}"));
+        }
         CONTAINER_ROOT.to_owned()
     });
     let shared = Arc::new(Shared {
         reaper: Reaper::start(),
         main_started: AtomicBool::new(false),
+        main_pid: Mutex::new(None),
         root,
     });
     let listener = match sys::vsock_listen(husk_protocol::AGENT_PORT) {
@@ -626,9 +823,24 @@ mod tests {
             ]
         );
         assert_eq!(a.tmpfs, vec!["/run".to_string()]);
+        assert_eq!(a.hostname, None);
+        let a = parse_cmdline("quiet husk.hostname=web-1.local");
+        assert_eq!(a.hostname.as_deref(), Some("web-1.local"));
+        for bad in ["", "a_b", "a;b", "é"] {
+            let a = parse_cmdline(&format!("husk.hostname={bad}"));
+            assert_eq!(a.hostname, None, "{bad}");
+        }
+        let long = "x".repeat(64);
+        assert_eq!(
+            parse_cmdline(&format!("husk.hostname={long}")).hostname,
+            None
+        );
+        assert!(hosts_file("web").ends_with("127.0.1.1\tweb\n"));
+        assert!(hosts_file("web").starts_with("127.0.0.1\tlocalhost\n::1\t"));
         let a = parse_cmdline(
             "husk.volume=bad husk.volume=v:relative:rw husk.volume=v:/a/../b:ro \
-             husk.volume=v:/x:rx husk.volume=v:/x:ro:dir husk.tmpfs=rel husk.tmpfs=/ husk.tmpfs=/a/..",
+             husk.volume=v:/x:rx husk.volume=v:/x:ro:dir husk.tmpfs=rel husk.tmpfs=/ husk.tmpfs=/a/.. \
+             husk.hostname=a/b",
         );
         assert_eq!(a, BootArgs::default());
     }

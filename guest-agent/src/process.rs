@@ -29,12 +29,38 @@ pub struct Started {
     pub pty: Option<File>,
 }
 
+/// Where a process lives.
+#[derive(Debug, Clone, Copy)]
+pub enum Place<'a> {
+    /// The agent's own root (there is no container root).
+    Agent,
+    /// The container root, entered in a mount namespace of its own.
+    /// `fresh_proc`: replace the agent's /proc there with a procfs of the
+    /// process's own PID namespace (the main process, PID 1 of its
+    /// namespace, does this; its namespace then shows only the container).
+    Root {
+        /// The container root's path in the agent.
+        root: &'a str,
+        /// Mount a fresh /proc.
+        fresh_proc: bool,
+    },
+    /// The main process's mount namespace and root directory (descriptors
+    /// of its `/proc/PID/ns/mnt` and `/proc/PID/root`, opened before the
+    /// fork).
+    Join {
+        /// `/proc/MAIN/ns/mnt`.
+        mnt: &'a OwnedFd,
+        /// `/proc/MAIN/root`.
+        root: &'a OwnedFd,
+    },
+}
+
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())
 }
 
-/// Starts `spec` with `root` as its root directory (`None`: the agent's own).
-pub fn start(spec: &RunSpec, root: Option<&str>) -> io::Result<(i32, Started)> {
+/// Starts `spec` in `place`.
+pub fn start(spec: &RunSpec, place: Place<'_>) -> io::Result<(i32, Started)> {
     let argv0 = spec.argv.first().ok_or_else(|| invalid("empty argv"))?;
     let mut cmd = Command::new(OsString::from_vec(argv0.clone()));
     cmd.args(spec.argv[1..].iter().map(|a| OsString::from_vec(a.clone())));
@@ -47,9 +73,15 @@ pub fn start(spec: &RunSpec, root: Option<&str>) -> io::Result<(i32, Started)> {
     }
     let cwd = CString::new(spec.cwd.clone().unwrap_or_else(|| b"/".to_vec()))
         .map_err(|_| invalid("NUL in cwd"))?;
-    let root = root
-        .map(|r| CString::new(r).map_err(|_| invalid("NUL in root")))
-        .transpose()?;
+    let (root, fresh_proc, join) = match place {
+        Place::Agent => (None, false, None),
+        Place::Root { root, fresh_proc } => (
+            Some(CString::new(root).map_err(|_| invalid("NUL in root"))?),
+            fresh_proc,
+            None,
+        ),
+        Place::Join { mnt, root } => (None, false, Some((mnt.as_raw_fd(), root.as_raw_fd()))),
+    };
     let (uid, gid, tty) = (spec.uid, spec.gid, spec.tty);
     let groups: Vec<libc::gid_t> = spec.additional_gids.clone();
     if groups.len() > 1024 {
@@ -116,6 +148,34 @@ pub fn start(spec: &RunSpec, root: Option<&str>) -> io::Result<(i32, Started)> {
                     std::ptr::null(),
                 )
             })?;
+            // SAFETY: constant NUL-terminated path.
+            check(unsafe { libc::chroot(c".".as_ptr()) })?;
+            if fresh_proc {
+                // The agent's /proc (all of the guest's processes, and
+                // /proc/1/root: the agent's files) goes; a procfs of this
+                // process's PID namespace replaces it.
+                // SAFETY: constant NUL-terminated path.
+                check(unsafe { libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) })?;
+                // SAFETY: constant NUL-terminated strings; null data is allowed.
+                check(unsafe {
+                    libc::mount(
+                        c"proc".as_ptr(),
+                        c"/proc".as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    )
+                })?;
+            }
+        }
+        if let Some((mnt, root)) = join {
+            // The main process's mount namespace; setns leaves us at that
+            // namespace's bottom root (the agent's initramfs), so go to
+            // the main process's root directory, as nsenter --root does.
+            // SAFETY: mnt is an open /proc/PID/ns/mnt descriptor.
+            check(unsafe { libc::setns(mnt, libc::CLONE_NEWNS) })?;
+            // SAFETY: root is an open directory descriptor.
+            check(unsafe { libc::fchdir(root) })?;
             // SAFETY: constant NUL-terminated path.
             check(unsafe { libc::chroot(c".".as_ptr()) })?;
         }

@@ -178,3 +178,22 @@ pub fn power_off() -> io::Error {
     let _ = r;
     io::Error::last_os_error()
 }
+
+/// unshare(2).
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain unshare(2).
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// setns(2) on a namespace descriptor.
+pub fn setns(fd: &OwnedFd, nstype: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fd is an open namespace descriptor we borrow for the call.
+    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
+/// sethostname(2).
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: name points to name.len() valid bytes.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}

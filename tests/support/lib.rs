@@ -284,6 +284,7 @@ pub fn sandbox_config(name: &str, rootfs: &Path) -> husk_runtime::SandboxConfig 
         cmdline_extra: String::new(),
         console_to_stderr: std::env::var_os("HUSK_E2E_CONSOLE").is_some(),
         cancel: None,
+        hostname: None,
     }
 }
 

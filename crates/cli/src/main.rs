@@ -319,12 +319,19 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         exit: None,
     };
     let outcome = husk_vmm::run(config).context("cannot boot the guest")?;
-    let what = match outcome.exit {
-        GuestExit::PowerOff => "powered off",
-        GuestExit::Reset => "rebooted",
-    };
-    log::info!("guest {what} after {:.3} s", outcome.run_time.as_secs_f64());
-    Ok(ExitCode::SUCCESS)
+    let secs = outcome.run_time.as_secs_f64();
+    // A kernel panic comes back as an error (exit 125). A reboot is not a
+    // clean stop: the guest did not power off.
+    match outcome.exit {
+        GuestExit::PowerOff => {
+            log::info!("guest powered off after {secs:.3} s");
+            Ok(ExitCode::SUCCESS)
+        }
+        GuestExit::Reset => {
+            log::warn!("guest rebooted after {secs:.3} s (it did not power off)");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 fn pack_initramfs(dir: &std::path::Path, output: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -20,20 +20,16 @@ pub mod control;
 pub mod engine;
 pub mod logs;
 pub mod monitor;
-mod shim;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_protocol::{Event, FrameReader, FrameWriter, MAX_DATA_CHUNK, Request};
-pub use husk_protocol::{ExitStatus, RunSpec, TermSize};
-use husk_vmm::{
-    CompatMode, ExitNotifier, FsShare, GuestExit, VmConfig, VmOutcome, VmmError, VsockSpec,
-};
+pub use husk_protocol::{ExitStatus, GuestStats, RunSpec, TermSize};
+use husk_vmm::{CompatMode, FsShare, Vm, VmConfig, VmOutcome, VmmError, VsockSpec};
 
 /// Errors running a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +51,20 @@ pub enum RuntimeError {
     Vm(#[source] VmmError),
     /// The VM stopped before the agent answered.
     #[error(
-        "the microVM stopped before its agent answered (the guest console log is in {console})"
+        "the microVM stopped before its agent answered; the last lines of the guest console:\n{tail}\n(the whole log is in {console})"
     )]
     VmStoppedEarly {
         /// Where the guest's console output went.
         console: String,
+        /// The last lines of the guest console.
+        tail: String,
     },
+    /// A bad hostname in the configuration.
+    #[error("invalid hostname {0:?}: use 1 to 63 characters of A-Z, a-z, 0-9, '-' and '.'")]
+    Hostname(String),
+    /// The agent answered a query with something else.
+    #[error("unexpected answer from the guest agent: {0}")]
+    Unexpected(String),
     /// The agent did not answer in time.
     #[error("the guest agent did not answer within {0:?}")]
     AgentTimeout(Duration),
@@ -117,6 +121,22 @@ pub struct SandboxConfig {
     /// Set (by another thread) to give up booting: [`Sandbox::start`] stops
     /// the VM and returns [`RuntimeError::Cancelled`].
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The container's hostname (`husk.hostname=NAME` for the agent, which
+    /// sets it and writes /etc/hostname and /etc/hosts); `None`: none.
+    pub hostname: Option<String>,
+}
+
+/// Checks a hostname: 1 to 63 characters of `[A-Za-z0-9-.]`.
+pub fn check_hostname(name: &str) -> Result<(), RuntimeError> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Hostname(name.to_owned()))
+    }
 }
 
 /// How the container's root directory reaches the guest.
@@ -234,12 +254,12 @@ pub struct ExecTimes {
     pub total: Duration,
 }
 
-/// A running microVM with its agent.
+/// A running microVM with its agent. It is `Send + Sync`: one thread may
+/// run processes while another pauses the VM or lists its processes.
 pub struct Sandbox {
     uds: PathBuf,
     console_log: PathBuf,
-    exit: ExitNotifier,
-    vm: Option<JoinHandle<Result<VmOutcome, VmmError>>>,
+    vm: Option<Vm>,
     /// From starting the VM to the agent's first answer.
     pub boot_time: Duration,
 }
@@ -357,6 +377,10 @@ impl Sandbox {
                 no_setid: true,
             });
         }
+        if let Some(name) = &config.hostname {
+            check_hostname(name)?;
+            args.push(format!("husk.hostname={name}"));
+        }
         for t in &config.tmpfs {
             check_guest_path(t).map_err(|e| {
                 prep(Path::new(t))(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
@@ -368,7 +392,6 @@ impl Sandbox {
         std::fs::write(&initrd, bytes).map_err(prep(&initrd))?;
         let console_log = config.dir.join("console.log");
         let file = std::fs::File::create(&console_log).map_err(prep(&console_log))?;
-        let exit = ExitNotifier::new().map_err(prep(&config.dir))?;
         let vm_config = VmConfig {
             kernel: config.kernel.clone(),
             initrd: Some(initrd),
@@ -386,27 +409,25 @@ impl Sandbox {
                 cid: husk_protocol::GUEST_CID,
             }),
             fs,
-            exit: Some(exit.clone()),
+            exit: None,
         };
         let started = Instant::now();
-        let vm = std::thread::Builder::new()
-            .name("vmm".into())
-            .spawn(move || husk_vmm::run(vm_config))
-            .map_err(prep(&config.dir))?;
+        let vm = Vm::start(vm_config).map_err(RuntimeError::Vm)?;
         let mut sandbox = Sandbox {
             uds,
             console_log,
-            exit,
             vm: Some(vm),
             boot_time: Duration::ZERO,
         };
         // Wait for the agent: retry while the VM runs.
         loop {
-            if sandbox.vm.as_ref().is_some_and(|h| h.is_finished()) {
-                return Err(match sandbox.vm.take().map(|h| h.join()) {
-                    Some(Ok(Err(e))) => RuntimeError::Vm(e),
-                    _ => RuntimeError::VmStoppedEarly {
+            if let Some(vm) = sandbox.vm.take_if(|vm| vm.is_finished()) {
+                let tail = vm.console_tail();
+                return Err(match vm.wait() {
+                    Err(e) => RuntimeError::Vm(e),
+                    Ok(_) => RuntimeError::VmStoppedEarly {
                         console: sandbox.console_log.display().to_string(),
+                        tail,
                     },
                 });
             }
@@ -465,6 +486,87 @@ impl Sandbox {
         &self.console_log
     }
 
+    /// The last lines of the guest's console output.
+    pub fn console_tail(&self) -> String {
+        self.vm.as_ref().map(Vm::console_tail).unwrap_or_default()
+    }
+
+    fn vm(&self) -> Result<&Vm, RuntimeError> {
+        self.vm
+            .as_ref()
+            .ok_or(RuntimeError::Vm(VmmError::NotRunning))
+    }
+
+    /// Pauses the VM: returns once no vCPU runs the guest.
+    pub fn pause(&self) -> Result<(), RuntimeError> {
+        self.vm()?.pause().map_err(RuntimeError::Vm)
+    }
+
+    /// Lets a paused VM run again.
+    pub fn resume(&self) -> Result<(), RuntimeError> {
+        self.vm()?.resume().map_err(RuntimeError::Vm)
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.vm.as_ref().is_some_and(Vm::is_paused)
+    }
+
+    /// Whether the VM has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.vm.as_ref().is_none_or(Vm::is_finished)
+    }
+
+    /// Connects to the agent and handshakes.
+    fn session(
+        &self,
+    ) -> Result<(UnixStream, FrameReader<UnixStream>, FrameWriter<UnixStream>), RuntimeError> {
+        let stream = self.connect()?;
+        let io = |e| RuntimeError::Protocol(husk_protocol::ProtocolError::Io(e));
+        let mut reader = FrameReader::new(stream.try_clone().map_err(io)?);
+        let mut writer = FrameWriter::new(stream.try_clone().map_err(io)?);
+        husk_protocol::host_handshake(
+            &mut reader,
+            &mut writer,
+            concat!("husk ", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(RuntimeError::Protocol)?;
+        Ok((stream, reader, writer))
+    }
+
+    /// Sends a one-shot request and reads its one answer.
+    fn query(&self, req: Request) -> Result<Event, RuntimeError> {
+        let (stream, mut reader, mut writer) = self.session()?;
+        writer.send(&req).map_err(RuntimeError::Protocol)?;
+        let ev = reader.recv::<Event>().map_err(RuntimeError::Protocol)?;
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        match ev {
+            Some(Event::Error { message }) => Err(RuntimeError::Unexpected(message)),
+            Some(ev) => Ok(ev),
+            None => Err(RuntimeError::Unexpected(
+                "the connection closed without an answer".into(),
+            )),
+        }
+    }
+
+    /// The container's processes (those in its main process's PID
+    /// namespace), `ps`-style: column titles and one row per process.
+    /// Empty without a running main process.
+    pub fn top(&self) -> Result<(Vec<String>, Vec<Vec<String>>), RuntimeError> {
+        match self.query(Request::Top)? {
+            Event::Top { titles, processes } => Ok((titles, processes)),
+            other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The guest's view of its memory, CPU time and container processes.
+    pub fn stats(&self) -> Result<GuestStats, RuntimeError> {
+        match self.query(Request::Stats)? {
+            Event::Stats(s) => Ok(s),
+            other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     fn connect(&self) -> Result<UnixStream, RuntimeError> {
         husk_protocol::hybrid::connect_retry(
             &self.uds,
@@ -496,23 +598,7 @@ impl Sandbox {
         started: impl FnOnce(u32),
     ) -> Result<(ExitStatus, ExecTimes), RuntimeError> {
         let t0 = Instant::now();
-        let stream = self.connect()?;
-        let mut reader = FrameReader::new(
-            stream
-                .try_clone()
-                .map_err(|e| RuntimeError::Protocol(husk_protocol::ProtocolError::Io(e)))?,
-        );
-        let mut writer = FrameWriter::new(
-            stream
-                .try_clone()
-                .map_err(|e| RuntimeError::Protocol(husk_protocol::ProtocolError::Io(e)))?,
-        );
-        husk_protocol::host_handshake(
-            &mut reader,
-            &mut writer,
-            concat!("husk ", env!("CARGO_PKG_VERSION")),
-        )
-        .map_err(RuntimeError::Protocol)?;
+        let (stream, mut reader, mut writer) = self.session()?;
         writer
             .send(&Request::Run(spec))
             .map_err(RuntimeError::Protocol)?;
@@ -612,26 +698,33 @@ impl Sandbox {
     /// Waits for the VM to stop by itself (the agent powers it off after the
     /// main process), at most `timeout`; then stops it.
     pub fn wait(mut self, timeout: Duration) -> Result<Option<VmOutcome>, RuntimeError> {
-        let deadline = Instant::now() + timeout;
-        while self.vm.as_ref().is_some_and(|h| !h.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if self.vm.as_ref().is_some_and(|h| !h.is_finished()) {
-            log::warn!("the guest did not power off within {timeout:?}; stopping it");
-            self.exit.notify(GuestExit::PowerOff);
-        }
-        match self.vm.take().map(|h| h.join()) {
-            Some(Ok(Ok(o))) => Ok(Some(o)),
-            Some(Ok(Err(e))) => Err(RuntimeError::Vm(e)),
-            _ => Ok(None),
+        let Some(mut vm) = self.vm.take() else {
+            return Ok(None);
+        };
+        let result = match vm.wait_timeout(timeout) {
+            Some(r) => r,
+            None => {
+                log::warn!("the guest did not power off within {timeout:?}; stopping it");
+                vm.stop();
+                vm.wait()
+            }
+        };
+        result.map(Some).map_err(RuntimeError::Vm)
+    }
+
+    /// Asks the VM to stop now, without waiting (another thread may be
+    /// running a process in it; its connection then ends).
+    pub fn stop_vm(&self) {
+        if let Some(vm) = &self.vm {
+            vm.stop();
         }
     }
 
-    /// Stops the VM now.
+    /// Stops the VM now (and waits for its threads).
     pub fn kill(&mut self) {
-        self.exit.notify(GuestExit::PowerOff);
-        if let Some(h) = self.vm.take() {
-            let _ = h.join();
+        if let Some(vm) = self.vm.take() {
+            vm.stop();
+            let _ = vm.wait();
         }
     }
 }
@@ -674,6 +767,22 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandbox_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Sandbox>();
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        for ok in ["a", "web-1", "db.local", &"x".repeat(63)] {
+            assert!(check_hostname(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a_b", "é", "a;b", &"x".repeat(64), "a\nb"] {
+            assert!(check_hostname(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn volumes_parse_like_docker() {

@@ -450,6 +450,7 @@ fn run_once(
         cmdline_extra: cfg.vm.kernel_args.clone(),
         console_to_stderr: cfg.vm.console,
         cancel: Some(mon.cancel.clone()),
+        hostname: Some(container.hostname()),
     };
     let sandbox = match Sandbox::start(&config) {
         Ok(s) => Arc::new(s),

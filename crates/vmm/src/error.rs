@@ -90,4 +90,25 @@ pub enum VmmError {
     /// The guest ran past its deadline.
     #[error("the guest did not stop within {0:?}")]
     Timeout(Duration),
+    /// The guest kernel panicked (and rebooted, as `panic=-1` says).
+    #[error("the guest kernel panicked; the last lines of its console:\n{console_tail}")]
+    GuestPanic {
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// The initramfs file is empty.
+    #[error("initramfs {0} is empty (0 bytes)")]
+    EmptyInitrd(PathBuf),
+    /// Pause or resume of a VM that has stopped.
+    #[error("the VM is not running")]
+    NotRunning,
+    /// The vCPUs did not park in time.
+    #[error("the vCPUs did not pause within {0:?}")]
+    PauseTimeout(Duration),
+    /// The VM's outcome was already taken by an earlier wait.
+    #[error("the VM's outcome was already returned by an earlier wait")]
+    AlreadyWaited,
+    /// The VMM's monitor thread panicked.
+    #[error("the VMM's monitor thread panicked")]
+    MonitorPanicked,
 }

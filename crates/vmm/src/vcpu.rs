@@ -1,7 +1,8 @@
 //! The vCPU threads: run the guest, route its port I/O, notice when it stops.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use husk_devices::{ExitNotifier, GuestExit, MmioBus, PioBus};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -79,6 +80,110 @@ pub enum VcpuOutcome {
     Error(VcpuError),
 }
 
+/// Pausing: the VMM asks ([`PauseGate::request`]) and kicks the vCPUs out
+/// of KVM_RUN; each parks here at the top of its run loop until the VMM
+/// releases them or stops the VM. The gate counts the live vCPU threads and
+/// the parked ones, so the VMM knows when the guest is fully stopped.
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    requested: AtomicBool,
+    state: Mutex<GateState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    paused: bool,
+    alive: usize,
+    parked: usize,
+}
+
+impl PauseGate {
+    /// A gate with no vCPUs, not paused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a pause is asked for (cheap; the vCPU loop's check).
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// A vCPU thread starts.
+    pub fn enter(&self) {
+        self.lock().alive += 1;
+        self.cv.notify_all();
+    }
+
+    /// A vCPU thread ends (it will never park again).
+    pub fn exit(&self) {
+        let mut s = self.lock();
+        s.alive = s.alive.saturating_sub(1);
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// vCPU side: waits here while the pause lasts and `stop` is not set.
+    pub fn park(&self, stop: &AtomicBool) {
+        let mut s = self.lock();
+        s.parked += 1;
+        self.cv.notify_all();
+        while s.paused && !stop.load(Ordering::Acquire) {
+            // The timeout only bounds a missed wake-up from a stop.
+            s = self
+                .cv
+                .wait_timeout(s, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        s.parked -= 1;
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// Asks the vCPUs to park.
+    pub fn request(&self) {
+        self.lock().paused = true;
+        self.requested.store(true, Ordering::Release);
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn release(&self) {
+        let mut s = self.lock();
+        s.paused = false;
+        self.requested.store(false, Ordering::Release);
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// Wakes every waiter (after a stop was requested).
+    pub fn wake(&self) {
+        drop(self.lock());
+        self.cv.notify_all();
+    }
+
+    /// Whether a pause is in force (asked for and not released).
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Whether some vCPU thread is alive and every live one is parked.
+    pub fn all_parked(&self) -> bool {
+        let s = self.lock();
+        s.alive > 0 && s.parked == s.alive
+    }
+
+    /// Waits at most `timeout` for the parked or live counts to change.
+    pub fn wait_change(&self, timeout: Duration) {
+        let s = self.lock();
+        drop(self.cv.wait_timeout(s, timeout));
+    }
+}
+
 /// One vCPU and what it needs to run.
 pub struct Vcpu {
     /// Index (also APIC ID).
@@ -93,6 +198,8 @@ pub struct Vcpu {
     pub exit: ExitNotifier,
     /// Set by the VMM to ask this vCPU to return.
     pub stop: Arc<AtomicBool>,
+    /// Where this vCPU parks while the VM is paused.
+    pub pause: Arc<PauseGate>,
     /// Guest memory, to show the instruction bytes of an emulation failure.
     pub mem: GuestMemoryMmap,
 }
@@ -111,6 +218,10 @@ impl Vcpu {
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return VcpuOutcome::Stopped;
+            }
+            if self.pause.requested() {
+                self.pause.park(&self.stop);
+                continue;
             }
             let index = self.index;
             let step = match self.fd.run() {
@@ -224,5 +335,63 @@ impl Vcpu {
                 .collect::<Vec<_>>()
                 .join(" "),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_gate_counts_parked_vcpus_and_releases_them() {
+        let gate = Arc::new(PauseGate::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let ran = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // Two fake vCPU loops.
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (gate, stop, ran) = (gate.clone(), stop.clone(), ran.clone());
+                gate.enter();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        if gate.requested() {
+                            gate.park(&stop);
+                            continue;
+                        }
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    gate.exit();
+                })
+            })
+            .collect();
+        assert!(!gate.all_parked());
+        gate.request();
+        assert!(gate.is_paused());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !gate.all_parked() {
+            assert!(std::time::Instant::now() < deadline, "vCPUs never parked");
+            gate.wait_change(Duration::from_millis(5));
+        }
+        let before = ran.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(ran.load(Ordering::Relaxed), before, "a parked vCPU ran");
+        gate.release();
+        assert!(!gate.is_paused());
+        while ran.load(Ordering::Relaxed) == before {
+            assert!(std::time::Instant::now() < deadline, "vCPUs never resumed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A stop wakes parked vCPUs too.
+        gate.request();
+        while !gate.all_parked() {
+            gate.wait_change(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Release);
+        gate.wake();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(!gate.all_parked(), "no live vCPU is not all parked");
     }
 }
