@@ -443,10 +443,14 @@ impl Sandbox {
                 sandbox.kill();
                 return Err(RuntimeError::AgentTimeout(config.boot_timeout));
             }
+            // Each attempt waits up to 3 s for the guest to answer: the
+            // vsock device keeps an unanswered connection until the guest's
+            // driver is up (up to a minute on PVM hosts), so short attempts
+            // would pile up connections until the device refuses more.
             match husk_protocol::hybrid::connect_retry(
                 &sandbox.uds,
                 husk_protocol::AGENT_PORT,
-                Duration::from_millis(500),
+                Duration::from_secs(3),
             ) {
                 Ok(probe) => {
                     // Check the agent speaks our protocol; a connection that
@@ -471,6 +475,13 @@ impl Sandbox {
                     break;
                 }
                 Err(husk_protocol::hybrid::HybridError::Timeout { .. }) => continue,
+                // The device refused this connection (too many pending):
+                // try again once some have been answered or timed out.
+                Err(husk_protocol::hybrid::HybridError::Io(e)) => {
+                    log::debug!("vsock connection refused while booting ({e}); retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
                 Err(e) => {
                     sandbox.kill();
                     return Err(RuntimeError::Connect(e));
