@@ -220,3 +220,59 @@ pub fn logout(store: &Store, registry: &str) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `husk save [-o FILE] IMAGE...`: a `docker save` archive to FILE (written
+/// beside it and renamed into place when complete) or to standard output,
+/// which must not be a terminal.
+pub fn save(store: &Store, images: &[String], output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    match output {
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut tmp = tempfile_in(&dir, &path)?;
+            let written = husk_image::save(store, images, std::io::BufWriter::new(&mut tmp.1))
+                .with_context(|| format!("cannot save to {}", path.display()))
+                .and_then(|()| {
+                    tmp.1.sync_all().context("cannot sync the archive")?;
+                    std::fs::rename(&tmp.0, &path)
+                        .with_context(|| format!("cannot write {}", path.display()))
+                });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp.0);
+            }
+            written?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                anyhow::bail!(
+                    "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+                );
+            }
+            husk_image::save(store, images, std::io::BufWriter::new(stdout.lock()))
+                .context("cannot save")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new file beside `path` for writing it atomically.
+fn tempfile_in(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "archive".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    Ok((tmp, f))
+}

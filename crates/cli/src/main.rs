@@ -166,6 +166,15 @@ enum Command {
         #[arg(short = 'i', long = "input")]
         input: Option<PathBuf>,
     },
+    /// Save images to a tar archive (docker save format, also an OCI layout).
+    Save {
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Create an image from a root directory (offline), as `docker import` does from a tarball.
     Import {
         /// The directory that becomes the image's root.
@@ -480,6 +489,10 @@ fn main() -> ExitCode {
             Command::Load { input } => {
                 images::open_store(cli.root).and_then(|s| images::load(&s, input))
             }
+            Command::Save {
+                output,
+                images: list,
+            } => images::open_store(cli.root).and_then(|s| images::save(&s, &list, output)),
             Command::Import { dir, name, cmd } => {
                 images::open_store(cli.root).and_then(|s| images::import(&s, dir, &name, cmd))
             }
