@@ -105,9 +105,20 @@ pub fn import(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `husk images`.
+/// `husk images`, SIZE being the unpacked size, as Docker shows it.
 pub fn images(store: &Store) -> anyhow::Result<ExitCode> {
-    let rows = store.images().context("cannot list images")?;
+    let mut rows = store.images().context("cannot list images")?;
+    let mut sizes = std::collections::BTreeMap::new();
+    for img in store.list().context("cannot list images")? {
+        let size = husk_image::sizes::image_size(store, &img)
+            .with_context(|| format!("cannot measure image {}", img.id))?;
+        sizes.insert(img.id, size);
+    }
+    for r in &mut rows {
+        if let Some(s) = sizes.get(&r.id) {
+            r.size = *s;
+        }
+    }
     print!(
         "{}",
         husk_image::format::images_table(&rows, std::time::SystemTime::now())
@@ -275,4 +286,19 @@ fn tempfile_in(
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     Ok((tmp, f))
+}
+
+/// `husk history [--no-trunc] [-q] [--human=false] IMAGE`.
+pub fn history(
+    store: &Store,
+    image: &str,
+    f: husk_image::HistoryFormat,
+) -> anyhow::Result<ExitCode> {
+    let img = store.resolve(image)?;
+    let rows = husk_image::history(store, &img)?;
+    print!(
+        "{}",
+        husk_image::history_table(&rows, f, std::time::SystemTime::now())
+    );
+    Ok(ExitCode::SUCCESS)
 }

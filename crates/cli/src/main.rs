@@ -188,6 +188,20 @@ enum Command {
     },
     /// List images.
     Images,
+    /// Show the history of an image.
+    History {
+        /// Do not truncate the output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show image IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Print sizes and dates in human-readable format.
+        #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        human: bool,
+        /// The image.
+        image: String,
+    },
     /// Remove images.
     Rmi {
         /// Remove even if other names point at it.
@@ -497,6 +511,19 @@ fn main() -> ExitCode {
                 images::open_store(cli.root).and_then(|s| images::import(&s, dir, &name, cmd))
             }
             Command::Images => images::open_store(cli.root).and_then(|s| images::images(&s)),
+            Command::History {
+                no_trunc,
+                quiet,
+                human,
+                image,
+            } => images::open_store(cli.root).and_then(|s| {
+                let f = husk_image::HistoryFormat {
+                    no_trunc,
+                    quiet,
+                    raw: !human,
+                };
+                images::history(&s, &image, f)
+            }),
             Command::Rmi {
                 force,
                 images: list,

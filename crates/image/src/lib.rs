@@ -56,6 +56,7 @@
 pub mod digest;
 pub mod format;
 mod fsutil;
+pub mod history;
 pub mod import;
 pub mod load;
 pub mod process;
@@ -65,11 +66,13 @@ pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod save;
+pub mod sizes;
 pub mod spec;
 pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use history::{HistoryError, HistoryFormat, HistoryRow, history, history_table};
 pub use import::{ImportConfig, ImportError, import_dir};
 pub use load::{LoadError, Loaded, load, load_layout};
 pub use process::{ProcessError, ProcessSpec, ProcessUser, RunOverrides, resolve_process};
@@ -79,5 +82,6 @@ pub use push::{PushError, PushOutcome, push};
 pub use reference::Reference;
 pub use registry::{RegistryError, RegistryOptions, login, logout};
 pub use save::{SaveError, save};
+pub use sizes::SizeError;
 pub use store::{Image, ImageSummary, Rootfs, Store, StoreError};
 pub use unpack::{UnpackError, UnpackLimits, Unpacker};
