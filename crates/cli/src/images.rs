@@ -302,3 +302,106 @@ pub fn history(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// Docker's prune prompt: the warning, then `y` on standard input to go on.
+fn confirm(warning: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, Write};
+    print!("WARNING! {warning}\nAre you sure you want to continue? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y"))
+}
+
+/// A container that no monitor runs.
+fn stopped(c: &husk_runtime::container::Container) -> bool {
+    !c.state.status.is_live() || !husk_runtime::container::monitor_alive(&c.state)
+}
+
+/// `husk image prune [-a] [-f]`: dangling images, or with `-a` every image
+/// no container uses.
+pub fn image_prune(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+    all: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let warning = if all {
+        "This will remove all images without at least one container associated to them."
+    } else {
+        "This will remove all dangling images."
+    };
+    if !force && !confirm(warning)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut in_use = std::collections::BTreeSet::new();
+    for c in containers.list()? {
+        if let Some(id) = c.config.image_id.as_deref().and_then(|i| i.parse().ok()) {
+            in_use.insert(id);
+        }
+    }
+    let report = husk_image::prune(store, &in_use, all).context("cannot prune images")?;
+    print!("{}", report.text());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk container prune [-f]`: every container no monitor runs.
+pub fn container_prune(
+    engine: &husk_runtime::engine::Engine,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if !force && !confirm("This will remove all stopped containers.")? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut deleted = Vec::new();
+    let mut reclaimed = 0u64;
+    let mut failed = false;
+    for c in engine.list()?.into_iter().filter(stopped) {
+        let size = husk_image::dir_size(&c.upper_dir()).unwrap_or(0);
+        match engine.remove(&c.id, false) {
+            Ok(_) => {
+                deleted.push(c.id.clone());
+                reclaimed += size;
+            }
+            Err(e) => {
+                eprintln!("husk: error: cannot remove container {}: {e}", c.short_id());
+                failed = true;
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        println!("Deleted Containers:");
+        for id in &deleted {
+            println!("{id}");
+        }
+        println!();
+    }
+    println!(
+        "Total reclaimed space: {}",
+        husk_image::progress::human_size(reclaimed)
+    );
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `husk system df`.
+pub fn system_df(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+) -> anyhow::Result<ExitCode> {
+    let mut usage = Vec::new();
+    for c in containers.list()? {
+        usage.push(husk_image::ContainerUsage {
+            image_id: c.config.image_id.as_deref().and_then(|i| i.parse().ok()),
+            size: husk_image::dir_size(&c.upper_dir())
+                .with_context(|| format!("cannot measure container {}", c.short_id()))?,
+            active: !stopped(&c),
+        });
+    }
+    let rows = husk_image::disk_usage(store, &usage).context("cannot measure the images")?;
+    print!("{}", husk_image::disk_usage_table(&rows));
+    Ok(ExitCode::SUCCESS)
+}

@@ -218,7 +218,17 @@ enum Command {
         /// TARGET_IMAGE[:TAG]
         target: String,
     },
-    /// Image subcommands (`husk image inspect`).
+    /// Container subcommands (`husk container prune`).
+    Container {
+        #[command(subcommand)]
+        command: ContainerCommand,
+    },
+    /// System subcommands (`husk system df`).
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+    /// Image subcommands (`husk image inspect`, `husk image prune`).
     Image {
         #[command(subcommand)]
         command: ImageCommand,
@@ -253,7 +263,32 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum ContainerCommand {
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SystemCommand {
+    /// Show husk's disk usage.
+    Df,
+}
+
+#[derive(Subcommand, Debug)]
 enum ImageCommand {
+    /// Remove unused images (dangling ones; with -a, all no container uses).
+    Prune {
+        /// Remove all unused images, not just dangling ones.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
     /// Show images' details as JSON.
     Inspect {
         /// The images.
@@ -537,6 +572,21 @@ fn main() -> ExitCode {
             Command::Image {
                 command: ImageCommand::Inspect { images: list },
             } => images::open_store(cli.root).and_then(|s| images::inspect(&s, &list)),
+            Command::Image {
+                command: ImageCommand::Prune { all, force },
+            } => images::open_store(cli.root).and_then(|s| {
+                let containers = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::image_prune(&s, &containers, all, force)
+            }),
+            Command::Container {
+                command: ContainerCommand::Prune { force },
+            } => engine().and_then(|e| images::container_prune(&e, force)),
+            Command::System {
+                command: SystemCommand::Df,
+            } => images::open_store(cli.root).and_then(|s| {
+                let containers = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::system_df(&s, &containers)
+            }),
             Command::Login {
                 username,
                 password_stdin,

@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod df;
 pub mod digest;
 pub mod format;
 mod fsutil;
@@ -61,6 +62,7 @@ pub mod import;
 pub mod load;
 pub mod process;
 pub mod progress;
+pub mod prune;
 pub mod pull;
 pub mod push;
 pub mod reference;
@@ -71,12 +73,14 @@ pub mod spec;
 pub mod store;
 pub mod unpack;
 
+pub use df::{ContainerUsage, UsageRow, dir_size, disk_usage, disk_usage_table};
 pub use digest::Digest;
 pub use history::{HistoryError, HistoryFormat, HistoryRow, history, history_table};
 pub use import::{ImportConfig, ImportError, import_dir};
 pub use load::{LoadError, Loaded, load, load_layout};
 pub use process::{ProcessError, ProcessSpec, ProcessUser, RunOverrides, resolve_process};
 pub use progress::{NoProgress, Progress, ProgressEvent, StderrProgress};
+pub use prune::{PruneError, PruneReport, prune};
 pub use pull::{PullError, PullOutcome, pull, resolve_or_pull};
 pub use push::{PushError, PushOutcome, push};
 pub use reference::Reference;
