@@ -99,14 +99,9 @@ pub fn disk_usage_table(rows: &[UsageRow]) -> String {
             .to_vec(),
     ];
     for r in rows {
-        let reclaimable = if r.size > 0 {
-            format!(
-                "{} ({}%)",
-                human_size(r.reclaimable),
-                r.reclaimable.saturating_mul(100) / r.size
-            )
-        } else {
-            human_size(r.reclaimable)
+        let reclaimable = match r.reclaimable.saturating_mul(100).checked_div(r.size) {
+            Some(pct) => format!("{} ({pct}%)", human_size(r.reclaimable)),
+            None => human_size(r.reclaimable),
         };
         t.push(vec![
             r.kind.to_string(),
