@@ -53,8 +53,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod commit;
 pub mod df;
 pub mod digest;
+pub mod export;
 pub mod format;
 mod fsutil;
 pub mod history;
@@ -71,10 +73,15 @@ pub mod save;
 pub mod sizes;
 pub mod spec;
 pub mod store;
+mod tree;
 pub mod unpack;
 
+pub use commit::{
+    Change, CommitChanges, CommitError, CommitOptions, LayerInfo, commit, layer_from_upper,
+};
 pub use df::{ContainerUsage, UsageRow, dir_size, disk_usage, disk_usage_table};
 pub use digest::Digest;
+pub use export::{ExportError, export};
 pub use history::{HistoryError, HistoryFormat, HistoryRow, history, history_table};
 pub use import::{ImportConfig, ImportError, import_dir};
 pub use load::{LoadError, Loaded, load, load_layout};
