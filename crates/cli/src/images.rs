@@ -405,3 +405,115 @@ pub fn system_df(
     print!("{}", husk_image::disk_usage_table(&rows));
     Ok(ExitCode::SUCCESS)
 }
+
+/// A container's image and the lower directory of its writable layer (the
+/// image's rootfs, unpacked again if it was collected; kept while the lease lives).
+fn container_lower(
+    store: &Store,
+    c: &husk_runtime::container::Container,
+) -> anyhow::Result<(
+    Option<husk_image::Image>,
+    PathBuf,
+    Option<husk_image::Rootfs>,
+)> {
+    let image = c
+        .config
+        .image_id
+        .as_deref()
+        .and_then(|id| store.resolve(id).ok());
+    match &image {
+        Some(img) => {
+            let rootfs = store
+                .rootfs(img, husk_image::UnpackLimits::default())
+                .with_context(|| format!("cannot unpack image {}", img.id))?;
+            Ok((image.clone(), rootfs.path.clone(), Some(rootfs)))
+        }
+        None => Ok((None, c.config.rootfs.clone(), None)),
+    }
+}
+
+/// `husk commit [-c CHANGE]... [-m MSG] [-a AUTHOR] CONTAINER [REPO[:TAG]]`:
+/// prints the new image's id.
+pub fn commit(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+    container: &str,
+    tag: Option<String>,
+    changes: &[String],
+    message: Option<String>,
+    author: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let c = containers.find(container)?;
+    let changes = husk_image::CommitChanges::parse(changes)?;
+    let (image, lower, _lease) = container_lower(store, &c)?;
+    let base = image.with_context(|| {
+        format!(
+            "container {} has no image to commit on (it was run with --rootfs, or its image was removed)",
+            c.name
+        )
+    })?;
+    let created_by = c
+        .config
+        .spec
+        .argv
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let opts = husk_image::CommitOptions {
+        changes,
+        author,
+        message,
+        created_by: Some(created_by),
+        created: None,
+        tag,
+    };
+    let img = husk_image::commit(store, &base, &c.upper_dir(), &lower, &opts)
+        .with_context(|| format!("cannot commit container {}", c.name))?;
+    println!("{}", img.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk export [-o FILE] CONTAINER`: its merged filesystem as a tar.
+pub fn export(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+    container: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let c = containers.find(container)?;
+    let (_, lower, _lease) = container_lower(store, &c)?;
+    let upper = c.upper_dir();
+    match output {
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut tmp = tempfile_in(&dir, &path)?;
+            let written = husk_image::export(&lower, &upper, std::io::BufWriter::new(&mut tmp.1))
+                .with_context(|| format!("cannot export container {}", c.name))
+                .and_then(|()| {
+                    tmp.1.sync_all().context("cannot sync the archive")?;
+                    std::fs::rename(&tmp.0, &path)
+                        .with_context(|| format!("cannot write {}", path.display()))
+                });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp.0);
+            }
+            written?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                anyhow::bail!(
+                    "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+                );
+            }
+            husk_image::export(&lower, &upper, std::io::BufWriter::new(stdout.lock()))
+                .with_context(|| format!("cannot export container {}", c.name))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

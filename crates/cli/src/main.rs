@@ -175,6 +175,30 @@ enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Create a new image from a container's changes.
+    Commit {
+        /// Apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME, WORKDIR).
+        #[arg(short = 'c', long = "change")]
+        change: Vec<String>,
+        /// Commit message.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Author (e.g. "Jane <jane@example.com>").
+        #[arg(short = 'a', long)]
+        author: Option<String>,
+        /// The container.
+        container: String,
+        /// REPOSITORY[:TAG]
+        name: Option<String>,
+    },
+    /// Export a container's filesystem as a tar archive.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// The container.
+        container: String,
+    },
     /// Create an image from a root directory (offline), as `docker import` does from a tarball.
     Import {
         /// The directory that becomes the image's root.
@@ -542,6 +566,20 @@ fn main() -> ExitCode {
                 output,
                 images: list,
             } => images::open_store(cli.root).and_then(|s| images::save(&s, &list, output)),
+            Command::Commit {
+                change,
+                message,
+                author,
+                container,
+                name,
+            } => images::open_store(cli.root).and_then(|s| {
+                let cs = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::commit(&s, &cs, &container, name, &change, message, author)
+            }),
+            Command::Export { output, container } => images::open_store(cli.root).and_then(|s| {
+                let cs = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::export(&s, &cs, &container, output)
+            }),
             Command::Import { dir, name, cmd } => {
                 images::open_store(cli.root).and_then(|s| images::import(&s, dir, &name, cmd))
             }
