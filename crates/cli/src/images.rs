@@ -105,9 +105,20 @@ pub fn import(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `husk images`.
+/// `husk images`, SIZE being the unpacked size, as Docker shows it.
 pub fn images(store: &Store) -> anyhow::Result<ExitCode> {
-    let rows = store.images().context("cannot list images")?;
+    let mut rows = store.images().context("cannot list images")?;
+    let mut sizes = std::collections::BTreeMap::new();
+    for img in store.list().context("cannot list images")? {
+        let size = husk_image::sizes::image_size(store, &img)
+            .with_context(|| format!("cannot measure image {}", img.id))?;
+        sizes.insert(img.id, size);
+    }
+    for r in &mut rows {
+        if let Some(s) = sizes.get(&r.id) {
+            r.size = *s;
+        }
+    }
     print!(
         "{}",
         husk_image::format::images_table(&rows, std::time::SystemTime::now())
@@ -217,6 +228,292 @@ pub fn logout(store: &Store, registry: &str) -> anyhow::Result<ExitCode> {
         println!("Removing login credentials for {registry}");
     } else {
         println!("Not logged in to {registry}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk save [-o FILE] IMAGE...`: a `docker save` archive to FILE (written
+/// beside it and renamed into place when complete) or to standard output,
+/// which must not be a terminal.
+pub fn save(store: &Store, images: &[String], output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    match output {
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut tmp = tempfile_in(&dir, &path)?;
+            let written = husk_image::save(store, images, std::io::BufWriter::new(&mut tmp.1))
+                .with_context(|| format!("cannot save to {}", path.display()))
+                .and_then(|()| {
+                    tmp.1.sync_all().context("cannot sync the archive")?;
+                    std::fs::rename(&tmp.0, &path)
+                        .with_context(|| format!("cannot write {}", path.display()))
+                });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp.0);
+            }
+            written?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                anyhow::bail!(
+                    "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+                );
+            }
+            husk_image::save(store, images, std::io::BufWriter::new(stdout.lock()))
+                .context("cannot save")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new file beside `path` for writing it atomically.
+fn tempfile_in(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "archive".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    Ok((tmp, f))
+}
+
+/// `husk history [--no-trunc] [-q] [--human=false] IMAGE`.
+pub fn history(
+    store: &Store,
+    image: &str,
+    f: husk_image::HistoryFormat,
+) -> anyhow::Result<ExitCode> {
+    let img = store.resolve(image)?;
+    let rows = husk_image::history(store, &img)?;
+    print!(
+        "{}",
+        husk_image::history_table(&rows, f, std::time::SystemTime::now())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Docker's prune prompt: the warning, then `y` on standard input to go on.
+fn confirm(warning: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, Write};
+    print!("WARNING! {warning}\nAre you sure you want to continue? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y"))
+}
+
+/// A container that no monitor runs.
+fn stopped(c: &husk_runtime::container::Container) -> bool {
+    !c.state.status.is_live() || !husk_runtime::container::monitor_alive(&c.state)
+}
+
+/// `husk image prune [-a] [-f]`: dangling images, or with `-a` every image
+/// no container uses.
+pub fn image_prune(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+    all: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let warning = if all {
+        "This will remove all images without at least one container associated to them."
+    } else {
+        "This will remove all dangling images."
+    };
+    if !force && !confirm(warning)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut in_use = std::collections::BTreeSet::new();
+    for c in containers.list()? {
+        if let Some(id) = c.config.image_id.as_deref().and_then(|i| i.parse().ok()) {
+            in_use.insert(id);
+        }
+    }
+    let report = husk_image::prune(store, &in_use, all).context("cannot prune images")?;
+    print!("{}", report.text());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk container prune [-f]`: every container no monitor runs.
+pub fn container_prune(
+    engine: &husk_runtime::engine::Engine,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if !force && !confirm("This will remove all stopped containers.")? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut deleted = Vec::new();
+    let mut reclaimed = 0u64;
+    let mut failed = false;
+    for c in engine.list()?.into_iter().filter(stopped) {
+        let size = husk_image::dir_size(&c.upper_dir()).unwrap_or(0);
+        match engine.remove(&c.id, false) {
+            Ok(_) => {
+                deleted.push(c.id.clone());
+                reclaimed += size;
+            }
+            Err(e) => {
+                eprintln!("husk: error: cannot remove container {}: {e}", c.short_id());
+                failed = true;
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        println!("Deleted Containers:");
+        for id in &deleted {
+            println!("{id}");
+        }
+        println!();
+    }
+    println!(
+        "Total reclaimed space: {}",
+        husk_image::progress::human_size(reclaimed)
+    );
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `husk system df`.
+pub fn system_df(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+) -> anyhow::Result<ExitCode> {
+    let mut usage = Vec::new();
+    for c in containers.list()? {
+        usage.push(husk_image::ContainerUsage {
+            image_id: c.config.image_id.as_deref().and_then(|i| i.parse().ok()),
+            size: husk_image::dir_size(&c.upper_dir())
+                .with_context(|| format!("cannot measure container {}", c.short_id()))?,
+            active: !stopped(&c),
+        });
+    }
+    let rows = husk_image::disk_usage(store, &usage).context("cannot measure the images")?;
+    print!("{}", husk_image::disk_usage_table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A container's image and the lower directory of its writable layer (the
+/// image's rootfs, unpacked again if it was collected; kept while the lease lives).
+fn container_lower(
+    store: &Store,
+    c: &husk_runtime::container::Container,
+) -> anyhow::Result<(
+    Option<husk_image::Image>,
+    PathBuf,
+    Option<husk_image::Rootfs>,
+)> {
+    let image = c
+        .config
+        .image_id
+        .as_deref()
+        .and_then(|id| store.resolve(id).ok());
+    match &image {
+        Some(img) => {
+            let rootfs = store
+                .rootfs(img, husk_image::UnpackLimits::default())
+                .with_context(|| format!("cannot unpack image {}", img.id))?;
+            Ok((image.clone(), rootfs.path.clone(), Some(rootfs)))
+        }
+        None => Ok((None, c.config.rootfs.clone(), None)),
+    }
+}
+
+/// `husk commit [-c CHANGE]... [-m MSG] [-a AUTHOR] CONTAINER [REPO[:TAG]]`:
+/// prints the new image's id.
+pub fn commit(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+    container: &str,
+    tag: Option<String>,
+    changes: &[String],
+    message: Option<String>,
+    author: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let c = containers.find(container)?;
+    let changes = husk_image::CommitChanges::parse(changes)?;
+    let (image, lower, _lease) = container_lower(store, &c)?;
+    let base = image.with_context(|| {
+        format!(
+            "container {} has no image to commit on (it was run with --rootfs, or its image was removed)",
+            c.name
+        )
+    })?;
+    let created_by = c
+        .config
+        .spec
+        .argv
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let opts = husk_image::CommitOptions {
+        changes,
+        author,
+        message,
+        created_by: Some(created_by),
+        created: None,
+        tag,
+    };
+    let img = husk_image::commit(store, &base, &c.upper_dir(), &lower, &opts)
+        .with_context(|| format!("cannot commit container {}", c.name))?;
+    println!("{}", img.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `husk export [-o FILE] CONTAINER`: its merged filesystem as a tar.
+pub fn export(
+    store: &Store,
+    containers: &husk_runtime::container::ContainerStore,
+    container: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let c = containers.find(container)?;
+    let (_, lower, _lease) = container_lower(store, &c)?;
+    let upper = c.upper_dir();
+    match output {
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut tmp = tempfile_in(&dir, &path)?;
+            let written = husk_image::export(&lower, &upper, std::io::BufWriter::new(&mut tmp.1))
+                .with_context(|| format!("cannot export container {}", c.name))
+                .and_then(|()| {
+                    tmp.1.sync_all().context("cannot sync the archive")?;
+                    std::fs::rename(&tmp.0, &path)
+                        .with_context(|| format!("cannot write {}", path.display()))
+                });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp.0);
+            }
+            written?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                anyhow::bail!(
+                    "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+                );
+            }
+            husk_image::export(&lower, &upper, std::io::BufWriter::new(stdout.lock()))
+                .with_context(|| format!("cannot export container {}", c.name))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

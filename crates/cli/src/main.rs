@@ -166,6 +166,39 @@ enum Command {
         #[arg(short = 'i', long = "input")]
         input: Option<PathBuf>,
     },
+    /// Save images to a tar archive (docker save format, also an OCI layout).
+    Save {
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Create a new image from a container's changes.
+    Commit {
+        /// Apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME, WORKDIR).
+        #[arg(short = 'c', long = "change")]
+        change: Vec<String>,
+        /// Commit message.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Author (e.g. "Jane <jane@example.com>").
+        #[arg(short = 'a', long)]
+        author: Option<String>,
+        /// The container.
+        container: String,
+        /// REPOSITORY[:TAG]
+        name: Option<String>,
+    },
+    /// Export a container's filesystem as a tar archive.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// The container.
+        container: String,
+    },
     /// Create an image from a root directory (offline), as `docker import` does from a tarball.
     Import {
         /// The directory that becomes the image's root.
@@ -179,6 +212,20 @@ enum Command {
     },
     /// List images.
     Images,
+    /// Show the history of an image.
+    History {
+        /// Do not truncate the output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show image IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Print sizes and dates in human-readable format.
+        #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        human: bool,
+        /// The image.
+        image: String,
+    },
     /// Remove images.
     Rmi {
         /// Remove even if other names point at it.
@@ -195,7 +242,17 @@ enum Command {
         /// TARGET_IMAGE[:TAG]
         target: String,
     },
-    /// Image subcommands (`husk image inspect`).
+    /// Container subcommands (`husk container prune`).
+    Container {
+        #[command(subcommand)]
+        command: ContainerCommand,
+    },
+    /// System subcommands (`husk system df`).
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+    /// Image subcommands (`husk image inspect`, `husk image prune`).
     Image {
         #[command(subcommand)]
         command: ImageCommand,
@@ -230,7 +287,32 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum ContainerCommand {
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SystemCommand {
+    /// Show husk's disk usage.
+    Df,
+}
+
+#[derive(Subcommand, Debug)]
 enum ImageCommand {
+    /// Remove unused images (dangling ones; with -a, all no container uses).
+    Prune {
+        /// Remove all unused images, not just dangling ones.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
     /// Show images' details as JSON.
     Inspect {
         /// The images.
@@ -487,10 +569,41 @@ fn main() -> ExitCode {
             Command::Load { input } => {
                 images::open_store(cli.root).and_then(|s| images::load(&s, input))
             }
+            Command::Save {
+                output,
+                images: list,
+            } => images::open_store(cli.root).and_then(|s| images::save(&s, &list, output)),
+            Command::Commit {
+                change,
+                message,
+                author,
+                container,
+                name,
+            } => images::open_store(cli.root).and_then(|s| {
+                let cs = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::commit(&s, &cs, &container, name, &change, message, author)
+            }),
+            Command::Export { output, container } => images::open_store(cli.root).and_then(|s| {
+                let cs = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::export(&s, &cs, &container, output)
+            }),
             Command::Import { dir, name, cmd } => {
                 images::open_store(cli.root).and_then(|s| images::import(&s, dir, &name, cmd))
             }
             Command::Images => images::open_store(cli.root).and_then(|s| images::images(&s)),
+            Command::History {
+                no_trunc,
+                quiet,
+                human,
+                image,
+            } => images::open_store(cli.root).and_then(|s| {
+                let f = husk_image::HistoryFormat {
+                    no_trunc,
+                    quiet,
+                    raw: !human,
+                };
+                images::history(&s, &image, f)
+            }),
             Command::Rmi {
                 force,
                 images: list,
@@ -504,6 +617,21 @@ fn main() -> ExitCode {
             Command::Image {
                 command: ImageCommand::Inspect { images: list },
             } => images::open_store(cli.root).and_then(|s| images::inspect(&s, &list)),
+            Command::Image {
+                command: ImageCommand::Prune { all, force },
+            } => images::open_store(cli.root).and_then(|s| {
+                let containers = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::image_prune(&s, &containers, all, force)
+            }),
+            Command::Container {
+                command: ContainerCommand::Prune { force },
+            } => engine().and_then(|e| images::container_prune(&e, force)),
+            Command::System {
+                command: SystemCommand::Df,
+            } => images::open_store(cli.root).and_then(|s| {
+                let containers = husk_runtime::container::ContainerStore::open(s.root())?;
+                images::system_df(&s, &containers)
+            }),
             Command::Login {
                 username,
                 password_stdin,

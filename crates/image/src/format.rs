@@ -118,6 +118,33 @@ pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// Rows as Docker's `tabwriter` (minimum cell width 10, padding 3) lays
+/// out `husk history` and `husk system df`: each column but the last as wide
+/// as its widest cell plus three spaces, and at least ten; no trailing spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; n];
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count() + 3).max(10);
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

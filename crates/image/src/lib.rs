@@ -53,29 +53,46 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod commit;
+pub mod df;
 pub mod digest;
+pub mod export;
 pub mod format;
 mod fsutil;
+pub mod history;
 pub mod import;
 pub mod load;
 pub mod process;
 pub mod progress;
+pub mod prune;
 pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod save;
+pub mod sizes;
 pub mod spec;
 pub mod store;
+mod tree;
 pub mod unpack;
 
+pub use commit::{
+    Change, CommitChanges, CommitError, CommitOptions, LayerInfo, commit, layer_from_upper,
+};
+pub use df::{ContainerUsage, UsageRow, dir_size, disk_usage, disk_usage_table};
 pub use digest::Digest;
+pub use export::{ExportError, export};
+pub use history::{HistoryError, HistoryFormat, HistoryRow, history, history_table};
 pub use import::{ImportConfig, ImportError, import_dir};
 pub use load::{LoadError, Loaded, load, load_layout};
 pub use process::{ProcessError, ProcessSpec, ProcessUser, RunOverrides, resolve_process};
 pub use progress::{NoProgress, Progress, ProgressEvent, StderrProgress};
+pub use prune::{PruneError, PruneReport, prune};
 pub use pull::{PullError, PullOutcome, pull, resolve_or_pull};
 pub use push::{PushError, PushOutcome, push};
 pub use reference::Reference;
 pub use registry::{RegistryError, RegistryOptions, login, logout};
+pub use save::{SaveError, save};
+pub use sizes::SizeError;
 pub use store::{Image, ImageSummary, Rootfs, Store, StoreError};
 pub use unpack::{UnpackError, UnpackLimits, Unpacker};

@@ -128,6 +128,8 @@ struct TarSource {
     staged: BTreeMap<String, StagedBlob>,
     small: BTreeMap<String, Vec<u8>>,
     committed: BTreeMap<String, (Digest, u64)>,
+    /// The first bytes of committed files (images of one archive share layers).
+    heads: BTreeMap<String, Vec<u8>>,
 }
 
 impl Source for TarSource {
@@ -156,6 +158,11 @@ impl Source for TarSource {
         if let Some(done) = self.committed.get(path) {
             return Ok(Some(done.clone()));
         }
+        if !self.staged.contains_key(path) {
+            return Ok(None);
+        }
+        let head = self.head(path)?;
+        self.heads.insert(path.to_string(), head);
         let Some(staged) = self.staged.remove(path) else {
             return Ok(None);
         };
@@ -174,6 +181,9 @@ impl Source for TarSource {
     }
 
     fn head(&mut self, path: &str) -> Result<Vec<u8>, LoadError> {
+        if let Some(h) = self.heads.get(path) {
+            return Ok(h.clone());
+        }
         let Some(s) = self.staged.get(path) else {
             return Ok(Vec::new());
         };
@@ -279,6 +289,7 @@ pub fn load(store: &Store, input: impl Read, name: Option<&str>) -> Result<Vec<L
         staged: BTreeMap::new(),
         small: BTreeMap::new(),
         committed: BTreeMap::new(),
+        heads: BTreeMap::new(),
     };
     let mut small_total = 0u64;
     let mut files = 0usize;
