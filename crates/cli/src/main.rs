@@ -517,7 +517,7 @@ fn main() -> ExitCode {
                 let signo = husk_runtime::engine::parse_signal(&signal)?;
                 containers::each(&containers, |n| e.kill(n, signo))
             }),
-            Command::Wait { containers } => engine().and_then(|e| {
+            Command::Wait { containers } => engine().map(|e| {
                 let mut failed = false;
                 for n in &containers {
                     match e.wait(n) {
@@ -528,11 +528,11 @@ fn main() -> ExitCode {
                         }
                     }
                 }
-                Ok(if failed {
+                if failed {
                     ExitCode::FAILURE
                 } else {
                     ExitCode::SUCCESS
-                })
+                }
             }),
             Command::Logs(args) => engine().and_then(|e| containers::logs(&e, &args)),
             Command::Pause { containers } => {

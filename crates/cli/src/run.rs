@@ -271,14 +271,23 @@ fn create_options(args: &RunArgs, tty: bool) -> anyhow::Result<CreateOptions> {
             RootfsViaArg::Virtiofs => RootfsVia::VirtioFs,
             RootfsViaArg::Initramfs => RootfsVia::Initramfs,
         },
-        vm: vm_settings(&args.vm)?,
+        vm: VmSettings::default(),
     })
+}
+
+/// The options, checked (bad flags fail before anything else), with the
+/// kernel and agent found.
+fn checked_options(engine: &Engine, args: &RunArgs, tty: bool) -> anyhow::Result<CreateOptions> {
+    let mut opts = create_options(args, tty)?;
+    engine.check(&opts)?;
+    opts.vm = vm_settings(&args.vm)?;
+    Ok(opts)
 }
 
 /// `husk create`: prints the new container's id.
 pub fn create(args: RunArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let engine = engine(root)?;
-    let opts = create_options(&args, false)?;
+    let opts = checked_options(&engine, &args, false)?;
     let c = engine
         .create(&opts, &husk_image::StderrProgress::new())
         .context("cannot create the container")?;
@@ -295,7 +304,7 @@ pub fn run(args: RunArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let tty = args.tty && std::io::stdin().is_terminal();
     let detach_keys = parse_detach_keys(&args.detach_keys)?;
     let engine = engine(root)?;
-    let opts = create_options(&args, tty)?;
+    let opts = checked_options(&engine, &args, tty)?;
     // Signals go to the container: block them here (before any thread
     // starts, so every thread inherits the mask) and forward from one thread.
     let (ctl_tx, ctl_rx) = mpsc::channel();
@@ -411,12 +420,14 @@ pub fn exec(args: ExecArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let tty = args.tty && std::io::stdin().is_terminal();
     let spec = engine.exec_spec(
         &c,
-        &args.args[1..],
-        &args.env,
-        args.workdir.as_deref(),
-        args.user.as_deref(),
-        args.tty,
-        if tty { term::size(0) } else { None },
+        &husk_runtime::engine::ExecOptions {
+            cmd: args.args[1..].to_vec(),
+            env: args.env.clone(),
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+            tty: args.tty,
+            term_size: if tty { term::size(0) } else { None },
+        },
     )?;
     let (ctl_tx, ctl_rx) = mpsc::channel();
     if !args.detach {

@@ -124,23 +124,24 @@ fn container_commands_refuse_bad_input() {
     let o = husk(&["--root", r, "rm", "nosuch"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("no such container: nosuch"),
+        stderr(&o).contains("Error: No such container: nosuch"),
         "{}",
         stderr(&o)
     );
     let o = husk(&["--root", r, "start", "nosuch"]);
-    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("no such container: nosuch"),
+        stderr(&o).contains("No such container: nosuch"),
         "{}",
         stderr(&o)
     );
     let o = husk(&["--root", r, "diff", "nosuch"]);
-    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(o.status.code(), Some(1));
     let o = husk(&["--root", r, "inspect", "nosuch"]);
-    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
     assert!(
-        stderr(&o).contains("no such object: nosuch"),
+        stderr(&o).contains("Error: No such object: nosuch"),
         "{}",
         stderr(&o)
     );
@@ -148,7 +149,7 @@ fn container_commands_refuse_bad_input() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
-        "CONTAINER ID   IMAGE   COMMAND   CREATED   STATUS   NAMES\n"
+        "CONTAINER ID   IMAGE   COMMAND   CREATED   STATUS   PORTS   NAMES\n"
     );
     let rootfs = scratch("containers-rootfs");
     let rf = rootfs.to_str().unwrap();

@@ -145,6 +145,23 @@ pub struct CreateOptions {
     pub vm: VmSettings,
 }
 
+/// What `exec` takes: Docker's `exec` options.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// The command and its arguments.
+    pub cmd: Vec<String>,
+    /// `-e`.
+    pub env: Vec<String>,
+    /// `-w`.
+    pub workdir: Option<String>,
+    /// `-u`.
+    pub user: Option<String>,
+    /// `-t`.
+    pub tty: bool,
+    /// The terminal's size, with `tty`.
+    pub term_size: Option<TermSize>,
+}
+
 /// The lifecycle API over one store root.
 #[derive(Debug)]
 pub struct Engine {
@@ -277,14 +294,13 @@ impl Engine {
         Ok(self.containers.list()?)
     }
 
-    /// Creates a container (`docker create`): resolves (or pulls) the
-    /// image, unpacks it once, works out the process as Docker does, and
-    /// records it with an empty writable layer.
-    pub fn create(
-        &self,
-        opts: &CreateOptions,
-        progress: &dyn husk_image::Progress,
-    ) -> Result<Container, EngineError> {
+    /// Checks what can be checked of `opts` without an image or a VM:
+    /// bad flags fail before anything is created or pulled.
+    pub fn check(&self, opts: &CreateOptions) -> Result<(), EngineError> {
+        self.checked(opts).map(|_| ())
+    }
+
+    fn checked(&self, opts: &CreateOptions) -> Result<(Vec<Volume>, LogConfig, u64), EngineError> {
         if let Some(n) = &opts.name
             && !crate::container::valid_name(n)
         {
@@ -317,6 +333,21 @@ impl Engine {
         if opts.cpus == 0 {
             return Err(EngineError::BadInput("--cpus must be at least 1".into()));
         }
+        if let Some(s) = &opts.stop_signal {
+            parse_signal(s)?;
+        }
+        Ok((volumes, log, mem_size))
+    }
+
+    /// Creates a container (`docker create`): resolves (or pulls) the
+    /// image, unpacks it once, works out the process as Docker does, and
+    /// records it with an empty writable layer.
+    pub fn create(
+        &self,
+        opts: &CreateOptions,
+        progress: &dyn husk_image::Progress,
+    ) -> Result<Container, EngineError> {
+        let (volumes, log, mem_size) = self.checked(opts)?;
         let (image, image_id, rootfs, spec, image_stop) = match &opts.rootfs {
             Some(dir) => {
                 if opts.entrypoint.is_some() {
@@ -516,16 +547,17 @@ impl Engine {
 
     /// The process spec for `exec`: the container's environment and user,
     /// with the overrides.
-    pub fn exec_spec(
-        &self,
-        c: &Container,
-        cmd: &[String],
-        env: &[String],
-        workdir: Option<&str>,
-        user: Option<&str>,
-        tty: bool,
-        term_size: Option<TermSize>,
-    ) -> Result<RunSpec, EngineError> {
+    pub fn exec_spec(&self, c: &Container, opts: &ExecOptions) -> Result<RunSpec, EngineError> {
+        let ExecOptions {
+            cmd,
+            env,
+            workdir,
+            user,
+            tty,
+            term_size,
+        } = opts;
+        let (workdir, user, tty, term_size) =
+            (workdir.as_deref(), user.as_deref(), *tty, *term_size);
         if cmd.is_empty() {
             return Err(EngineError::BadInput("exec needs a command".into()));
         }

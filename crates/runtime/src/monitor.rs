@@ -809,27 +809,27 @@ fn exec(mon: &Arc<Mon>, mut peer: Peer, mut spec: RunSpec, detach: bool) {
     let (ctl_tx, ctl_rx) = mpsc::channel();
     let (in_tx, in_rx) = mpsc::channel();
     let done = Arc::new(AtomicBool::new(false));
-    let (stdin, stdout, stderr): (
-        Option<Box<dyn Read + Send>>,
-        Box<dyn Write + Send>,
-        Box<dyn Write + Send>,
-    ) = if detach {
-        (None, Box::new(std::io::sink()), Box::new(std::io::sink()))
+    let stdio = if detach {
+        Stdio {
+            stdin: None,
+            stdout: Box::new(std::io::sink()),
+            stderr: Box::new(std::io::sink()),
+        }
     } else {
-        (
-            Some(Box::new(ChannelReader {
+        Stdio {
+            stdin: Some(Box::new(ChannelReader {
                 rx: in_rx,
                 pending: Vec::new(),
             })),
-            Box::new(ToClient {
+            stdout: Box::new(ToClient {
                 peer: w.clone(),
                 stderr: false,
             }),
-            Box::new(ToClient {
+            stderr: Box::new(ToClient {
                 peer: w.clone(),
                 stderr: true,
             }),
-        )
+        }
     };
     let runner = {
         let w = w.clone();
@@ -845,16 +845,7 @@ fn exec(mon: &Arc<Mon>, mut peer: Peer, mut spec: RunSpec, detach: bool) {
                     });
                 }
             };
-            let r = sandbox.exec_notify(
-                spec,
-                Stdio {
-                    stdin,
-                    stdout,
-                    stderr,
-                },
-                Some(ctl_rx),
-                started,
-            );
+            let r = sandbox.exec_notify(spec, stdio, Some(ctl_rx), started);
             done.store(true, Ordering::SeqCst);
             match r {
                 Ok((st, _)) => {
