@@ -331,6 +331,11 @@ struct Monitor {
     cmdline: String,
     started: Instant,
     timeout: Option<Duration>,
+    /// The VM's file descriptor and /dev/kvm: closing the VM's descriptor
+    /// releases its irqfds (the guest would never see an interrupt
+    /// again), so they live until the vCPUs are joined.
+    vm_fd: VmFd,
+    kvm: Kvm,
 }
 
 impl Monitor {
@@ -353,6 +358,8 @@ impl Monitor {
         };
         self.shared.stop_vcpus();
         drop(self.devices);
+        drop(self.vm_fd);
+        drop(self.kvm);
         let outcome = VmOutcome {
             exit: GuestExit::PowerOff,
             host: self.host,
@@ -699,6 +706,8 @@ impl Vm {
             cmdline: cmdline_str,
             started,
             timeout: config.timeout,
+            vm_fd: vm,
+            kvm,
         };
         let done = shared.clone();
         let spawned = thread::Builder::new()
