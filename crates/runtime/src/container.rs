@@ -771,6 +771,10 @@ impl ContainerStore {
             // listed).
             let state: State = read_json(&container.state_path())?;
             kill_monitor(&container.dir, &state, &lock_path);
+            if !container.dir.exists() {
+                // Its monitor removed it (`--rm`) as it exited.
+                return Ok(());
+            }
             lock = try_lock(&lock_path)?;
             if lock.is_none() {
                 return Err(ContainerError::Running(container.name.clone()));
