@@ -451,9 +451,12 @@ impl Sandbox {
                     break;
                 }
                 Err(husk_protocol::hybrid::HybridError::Timeout { .. }) => continue,
+                // While the guest boots (slowly where its kernel is
+                // emulated), the vsock device may refuse or drop attempts
+                // it cannot hold yet: try again until the boot timeout.
                 Err(e) => {
-                    sandbox.kill();
-                    return Err(RuntimeError::Connect(e));
+                    log::debug!("agent not reachable yet: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
