@@ -388,6 +388,8 @@ fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
         let shared = shared.clone();
         std::thread::spawn(move || {
             let status = exit_rx.recv().ok();
+            // Reaped: from now on the pid is not ours to signal or kill.
+            exited.store(true, Ordering::SeqCst);
             if is_main {
                 *shared.main_pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
@@ -398,7 +400,6 @@ fn serve(conn: File, shared: Arc<Shared>) -> Result<(), String> {
             if let Some(st) = status {
                 send(&writer, &Event::Exited(st));
             }
-            exited.store(true, Ordering::SeqCst);
         })
     };
 

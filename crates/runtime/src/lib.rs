@@ -475,16 +475,12 @@ impl Sandbox {
                     break;
                 }
                 Err(husk_protocol::hybrid::HybridError::Timeout { .. }) => continue,
-                // The device refused this connection (too many pending):
-                // try again once some have been answered or timed out.
-                Err(husk_protocol::hybrid::HybridError::Io(e)) => {
-                    log::debug!("vsock connection refused while booting ({e}); retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
+                // While the guest boots (slowly where its kernel is
+                // emulated), the vsock device may refuse or drop attempts
+                // it cannot hold yet: try again until the boot timeout.
                 Err(e) => {
-                    sandbox.kill();
-                    return Err(RuntimeError::Connect(e));
+                    log::debug!("agent not reachable yet: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
