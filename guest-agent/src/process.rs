@@ -71,6 +71,14 @@ pub fn start(spec: &RunSpec, place: Place<'_>) -> io::Result<(i32, Started)> {
         }
         cmd.env(OsString::from_vec(k.clone()), OsString::from_vec(v.clone()));
     }
+    // On PVM hosts husk gives the agent (init) a GLIBC_TUNABLES that keeps
+    // glibc off AVX, whose registers the guest kernel cannot save there
+    // (see husk-vmm's PVM_ARGS); every process gets it unless it sets its own.
+    if let Some(t) = std::env::var_os("GLIBC_TUNABLES")
+        && !spec.env.iter().any(|(k, _)| k == b"GLIBC_TUNABLES")
+    {
+        cmd.env("GLIBC_TUNABLES", t);
+    }
     let cwd = CString::new(spec.cwd.clone().unwrap_or_else(|| b"/".to_vec()))
         .map_err(|_| invalid("NUL in cwd"))?;
     let (root, fresh_proc, join) = match place {

@@ -388,7 +388,7 @@ pub fn stats(engine: &Engine, names: &[String], no_stream: bool) -> anyhow::Resu
         let mut first = Vec::new();
         for n in &targets {
             match engine.stats(n) {
-                Ok(s) => first.push((n.clone(), s)),
+                Ok(s) => first.push((n.clone(), s, std::time::Instant::now())),
                 Err(e) => {
                     eprintln!("{}", daemon_error(&e));
                     return Ok(ExitCode::FAILURE);
@@ -405,11 +405,14 @@ pub fn stats(engine: &Engine, names: &[String], no_stream: bool) -> anyhow::Resu
             "GUEST MEM USED".to_string(),
             "PIDS".to_string(),
         ]];
-        for (n, (c, s0)) in first {
+        for (n, (c, s0), t0) in first {
             let Ok((_, s1)) = engine.stats(&n) else {
                 continue;
             };
-            let cpu = (s1.host_cpu_ns.saturating_sub(s0.host_cpu_ns)) as f64 / 1e9 * 100.0;
+            // CPU time over the wall time between the two samples (the
+            // monitor's threads: the vCPUs and the devices).
+            let wall = t0.elapsed().as_secs_f64().max(1e-3);
+            let cpu = (s1.host_cpu_ns.saturating_sub(s0.host_cpu_ns)) as f64 / 1e9 / wall * 100.0;
             let mem_pct = s1.host_rss as f64 / s1.mem_limit.max(1) as f64 * 100.0;
             let guest = s1.guest.map_or_else(
                 || "--".to_string(),
@@ -546,7 +549,10 @@ mod tests {
         let t = table(std::slice::from_ref(&c), c.created as i64 + 5);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("CONTAINER ID   IMAGE"), "{t}");
-        assert!(lines[0].contains("STATUS") && lines[0].contains("PORTS   NAMES"), "{t}");
+        assert!(
+            lines[0].contains("STATUS") && lines[0].contains("PORTS   NAMES"),
+            "{t}"
+        );
         assert!(lines[1].starts_with(c.short_id()), "{t}");
         assert!(lines[1].contains("\"sh -c echo a long c…\""), "{t}");
         assert!(lines[1].contains("5 seconds ago   Created"), "{t}");

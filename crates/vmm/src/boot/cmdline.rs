@@ -42,11 +42,24 @@ pub const BASE_ARGS: &[&str] = &[
 /// and the CPU features whose instructions the PVM host's emulator of guest
 /// kernel mode lacks (each was seen as a `KVM_EXIT_INTERNAL_ERROR`, see
 /// guest-kernel/README.md).
+///
+/// The last one is not a kernel parameter but the environment of the guest's
+/// init (the kernel hands unknown `NAME=value` words to init), which the
+/// agent passes on to every process it starts. Guest user mode runs on the
+/// host CPU, whose CPUID offers AVX and AVX-512, but the guest kernel (booted
+/// with `noxsave`, as the host's emulator lacks XSAVE) saves only the SSE
+/// state on a context switch: two guest processes using AVX registers
+/// corrupt each other (seen as segfaults of busybox while the agent served
+/// an `exec`). The tunable stops glibc from choosing its AVX routines.
 pub const PVM_ARGS: &[&str] = &[
     "husk.pvm=1",
     "noxsave",
     "clearcpuid=smap,popcnt,rdrand,rdseed,fsgsbase",
+    PVM_GLIBC_TUNABLES,
 ];
+
+/// See [`PVM_ARGS`].
+pub const PVM_GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-F16C";
 
 /// Builds a command line: husk's base arguments, the compatibility arguments
 /// the host needs, the power-off port, then the caller's extra arguments
@@ -119,6 +132,8 @@ mod tests {
         assert!(c.contains(" husk.pvm=1 "));
         assert!(c.contains(" noxsave "));
         assert!(c.contains("clearcpuid=smap,popcnt"));
+        // init's environment: glibc kept off AVX state the guest cannot save.
+        assert!(c.contains(" GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,"));
     }
 
     #[test]
