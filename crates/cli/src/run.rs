@@ -332,7 +332,6 @@ pub fn run(args: RunArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             tty,
             detach_keys,
             signals: Some(ctl_rx),
-            boot_timeout: args.vm.boot_timeout,
         },
     )?;
     match code {
@@ -367,7 +366,6 @@ pub fn start(args: StartArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode>
                 tty,
                 detach_keys: parse_detach_keys(&args.detach_keys)?,
                 signals: Some(ctl_rx),
-                boot_timeout: c.config.vm.boot_timeout_s,
             },
         )?;
         return Ok(code.map_or(ExitCode::SUCCESS, exit_code));
@@ -407,7 +405,6 @@ pub fn attach(args: AttachArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCod
             tty,
             detach_keys: parse_detach_keys(&args.detach_keys)?,
             signals: args.sig_proxy.then_some(ctl_rx),
-            boot_timeout: 0,
         },
     )?;
     Ok(code.map_or(ExitCode::SUCCESS, exit_code))
@@ -451,7 +448,6 @@ pub fn exec(args: ExecArgs, root: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             tty,
             detach_keys: Vec::new(),
             signals: Some(ctl_rx),
-            boot_timeout: 0,
         },
     )?;
     Ok(code.map_or(ExitCode::SUCCESS, exit_code))
@@ -463,7 +459,6 @@ struct Pump {
     tty: bool,
     detach_keys: Vec<u8>,
     signals: Option<mpsc::Receiver<Control>>,
-    boot_timeout: u64,
 }
 
 /// Scans stdin for the detach sequence.
@@ -562,7 +557,6 @@ fn pump(mut session: Session, p: Pump) -> anyhow::Result<Option<i32>> {
             }
         });
     }
-    let _ = p.boot_timeout;
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     let result = loop {

@@ -44,7 +44,6 @@ enum Phase {
 /// What the monitor's threads share.
 struct Mon {
     name: String,
-    dir: PathBuf,
     config: crate::container::ContainerConfig,
     guard: Mutex<Option<RunGuard>>,
     phase: Mutex<Phase>,
@@ -253,7 +252,6 @@ fn monitor(root: &Path, id: &str, attach_first: bool) -> Result<i32, crate::engi
     let log = LogWriter::open(&container.log_path(), container.config.log)?;
     let mon = Arc::new(Mon {
         name: container.name.clone(),
-        dir: dir.clone(),
         config: container.config.clone(),
         guard: Mutex::new(Some(guard)),
         phase: Mutex::new(Phase::Booting),
@@ -454,7 +452,7 @@ fn run_once(
     };
     let sandbox = match Sandbox::start(&config) {
         Ok(s) => Arc::new(s),
-        Err(RuntimeError::Cancelled) => return cancelled_code(mon),
+        Err(RuntimeError::Cancelled) => return cancelled_code(),
         Err(e) => return fail(error_chain(&e)),
     };
     log::info!("agent ready after {:.3} s", sandbox.boot_time.as_secs_f64());
@@ -470,7 +468,7 @@ fn run_once(
     }
     if mon.cancel.load(Ordering::SeqCst) {
         *mon.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        return cancelled_code(mon);
+        return cancelled_code();
     }
     // The main process, its stdin from attached clients, its output to
     // the log and them.
@@ -552,8 +550,7 @@ fn run_once(
 
 /// The code of a container whose start was given up (a kill or stop
 /// during boot): 128 + SIGKILL, as Docker reports a killed container.
-fn cancelled_code(mon: &Mon) -> Option<i32> {
-    let _ = mon;
+fn cancelled_code() -> Option<i32> {
     Some(ExitStatus::Signal(9).shell_code())
 }
 
@@ -727,7 +724,6 @@ fn serve(mon: &Arc<Mon>, mut peer: Peer) {
             });
         }
     }
-    let _ = mon.dir.as_path();
 }
 
 /// An attach session: output from now on; stdin, resizes and signals in.
@@ -872,8 +868,8 @@ fn exec(mon: &Arc<Mon>, mut peer: Peer, mut spec: RunSpec, detach: bool) {
         })
     };
     if detach {
-        drop(in_tx);
-        let _ = runner;
+        // The runner thread lives as long as the process; nothing waits.
+        drop((in_tx, runner));
         return;
     }
     loop {
