@@ -340,6 +340,16 @@ fn a_detached_container_lives_its_whole_life() {
             "trap '' TERM; echo up; while :; do sleep 1; done",
         ],
     );
+    // restart: stop (SIGKILL after 1 s here) and start again.
+    h.wait_logs("stubborn", "up", |l| l.contains("up"));
+    assert_eq!(h.ok(&["restart", "-t", "1", "stubborn"]), "stubborn\n");
+    let ps = h.ok(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.ends_with("stubborn") && l.contains("Up ")),
+        "{ps}"
+    );
+    h.wait_logs("stubborn", "up twice", |l| l.matches("up").count() >= 2);
     let t = Instant::now();
     h.ok(&["stop", "-t", "2", "stubborn"]);
     let took = t.elapsed();
@@ -480,6 +490,7 @@ fn starting_and_removing_in_a_loop_leaks_nothing() {
         let mut start = h
             .cmd(&["start", &id])
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         // Until the monitor runs.

@@ -889,6 +889,16 @@ fn is_whiteout(meta: &std::fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
+/// The mount points the agent makes in the writable layer when the image
+/// lacks them (Docker keeps these in an init layer, so its diff omits them).
+const AGENT_STUBS: &[&str] = &["/dev", "/proc", "/sys", "/etc/hostname", "/etc/hosts"];
+
+/// Whether `path` in the writable layer is only an agent stub.
+fn is_stub(path: &str, lower: &Path) -> bool {
+    AGENT_STUBS.contains(&path)
+        && std::fs::symlink_metadata(lower.join(path.trim_start_matches('/'))).is_err()
+}
+
 fn walk(upper: &Path, lower: &Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
     let mut entries: Vec<_> =
         std::fs::read_dir(upper.join(rel.trim_start_matches('/')))?.collect::<Result<_, _>>()?;
@@ -898,21 +908,34 @@ fn walk(upper: &Path, lower: &Path, rel: &str, out: &mut Vec<String>) -> std::io
         let path = format!("{rel}/{}", name.to_string_lossy());
         let meta = std::fs::symlink_metadata(e.path())?;
         let in_lower = std::fs::symlink_metadata(lower.join(path.trim_start_matches('/'))).is_ok();
-        // The mount points the agent makes (Docker keeps these in an init
-        // layer, so its diff omits them).
-        if !in_lower
-            && ["/dev", "/proc", "/sys", "/etc/hostname", "/etc/hosts"].contains(&path.as_str())
-        {
+        if is_stub(&path, lower) {
             continue;
         }
         if is_whiteout(&meta) {
             out.push(format!("D {path}"));
             continue;
         }
-        out.push(format!("{} {path}", if in_lower { "C" } else { "A" }));
         if meta.is_dir() {
-            walk(upper, lower, &path, out)?;
+            let mut below = Vec::new();
+            walk(upper, lower, &path, &mut below)?;
+            // A directory copied up only to hold stubs (the image's /etc
+            // for /etc/hosts) is not a change.
+            let only_stubs = in_lower
+                && below.is_empty()
+                && std::fs::read_dir(e.path())?.flatten().all(|c| {
+                    is_stub(
+                        &format!("{path}/{}", c.file_name().to_string_lossy()),
+                        lower,
+                    )
+                })
+                && std::fs::read_dir(e.path())?.next().is_some();
+            if !only_stubs {
+                out.push(format!("{} {path}", if in_lower { "C" } else { "A" }));
+                out.extend(below);
+            }
+            continue;
         }
+        out.push(format!("{} {path}", if in_lower { "C" } else { "A" }));
     }
     Ok(())
 }
@@ -1026,6 +1049,30 @@ mod tests {
         for bad in ["0", "65", "SIGNOPE", "", "RTMIN+40", "-1"] {
             assert!(parse_signal(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn diff_leaves_out_the_agents_stubs() {
+        let (upper, lower) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (u, l) = (upper.path(), lower.path());
+        std::fs::create_dir_all(l.join("etc")).unwrap();
+        std::fs::write(l.join("etc/passwd"), b"root").unwrap();
+        // The agent's stubs, in a copied-up /etc, and the mount points.
+        std::fs::create_dir_all(u.join("etc")).unwrap();
+        std::fs::write(u.join("etc/hostname"), b"").unwrap();
+        std::fs::write(u.join("etc/hosts"), b"").unwrap();
+        for d in ["proc", "sys", "dev"] {
+            std::fs::create_dir(u.join(d)).unwrap();
+        }
+        std::fs::write(u.join("marker"), b"").unwrap();
+        let mut out = Vec::new();
+        walk(u, l, "", &mut out).unwrap();
+        assert_eq!(out, vec!["A /marker"]);
+        // A real change in /etc shows, with /etc itself.
+        std::fs::write(u.join("etc/passwd"), b"changed").unwrap();
+        let mut out = Vec::new();
+        walk(u, l, "", &mut out).unwrap();
+        assert_eq!(out, vec!["C /etc", "C /etc/passwd", "A /marker"]);
     }
 
     #[test]
