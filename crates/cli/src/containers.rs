@@ -134,31 +134,11 @@ pub fn format_rows(template: &str, list: &[Container], now: i64) -> anyhow::Resu
     }
     if table {
         // Align tab-separated cells.
-        let rows: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
-        let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..cols)
-            .map(|i| {
-                rows.iter()
-                    .filter_map(|r| r.get(i))
-                    .map(|s| s.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
+        let rows: Vec<Vec<String>> = lines
+            .iter()
+            .map(|l| l.split('\t').map(str::to_owned).collect())
             .collect();
-        let mut out = String::new();
-        for r in rows {
-            let mut line = String::new();
-            for (i, cell) in r.iter().enumerate() {
-                line.push_str(cell);
-                if i + 1 < r.len() {
-                    let pad = widths[i] - cell.chars().count() + 3;
-                    line.push_str(&" ".repeat(pad));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        return Ok(out);
+        return Ok(husk_image::format::layout(rows.iter().map(|r| &r[..]), 0));
     }
     Ok(lines.iter().map(|l| format!("{l}\n")).collect())
 }
@@ -336,25 +316,12 @@ pub fn top(engine: &Engine, name: &str) -> anyhow::Result<ExitCode> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
-    let width = titles.len();
     let mut rows = vec![titles];
-    rows.extend(processes.into_iter().map(|mut r| {
-        r.resize(width, String::new());
-        r
-    }));
-    let widths: Vec<usize> = (0..width)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let mut line = String::new();
-        for (i, cell) in r.iter().enumerate() {
-            line.push_str(cell);
-            if i + 1 < width {
-                line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 4));
-            }
-        }
-        println!("{}", line.trim_end());
-    }
+    rows.extend(processes);
+    print!(
+        "{}",
+        husk_image::format::layout(rows.iter().map(|r| &r[..]), 0)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -96,37 +96,27 @@ pub fn images_table(rows: &[ImageSummary], now: SystemTime) -> String {
 /// Rows as Docker prints its tables: each column as wide as its widest
 /// cell, three spaces between columns, no trailing spaces.
 pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, c) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(c);
-            } else {
-                line.push_str(&format!("{c:<w$}   ", w = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    layout(rows.iter().map(|r| &r[..]), 0)
 }
 
 /// Rows as Docker's `tabwriter` (minimum cell width 10, padding 3) lays
 /// out `husk history` and `husk system df`: each column but the last as wide
 /// as its widest cell plus three spaces, and at least ten; no trailing spaces.
 pub fn table(rows: &[Vec<String>]) -> String {
-    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0usize; n];
-    for row in rows {
+    layout(rows.iter().map(|r| &r[..]), 10)
+}
+
+/// Lays out rows of cells (rows may be short): each column but the last as
+/// wide as its widest cell plus three spaces, and at least `min_width`; no
+/// trailing spaces.
+pub fn layout<'a>(rows: impl Iterator<Item = &'a [String]> + Clone, min_width: usize) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows.clone() {
+        if widths.len() < row.len() {
+            widths.resize(row.len(), 0);
+        }
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count() + 3).max(10);
+            *w = (*w).max(c.chars().count() + 3).max(min_width);
         }
     }
     let mut out = String::new();

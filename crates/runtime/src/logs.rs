@@ -351,26 +351,7 @@ fn entries_of(reader: impl Read, mut each: impl FnMut(Entry)) -> std::io::Result
 
 /// Every entry of the log as `opts` selects, oldest first.
 pub fn read(dir: &Path, id: &str, opts: &ReadOptions) -> Result<Vec<Entry>, LogError> {
-    let mut out = std::collections::VecDeque::new();
-    for path in files(dir, id) {
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io("open", &path)(e)),
-        };
-        entries_of(f, |e| {
-            if opts.keep(&e) {
-                out.push_back(e);
-                if let Some(t) = opts.tail
-                    && out.len() > t
-                {
-                    out.pop_front();
-                }
-            }
-        })
-        .map_err(io("read", &path))?;
-    }
-    Ok(out.into())
+    read_upto(dir, id, opts, None)
 }
 
 /// Follows the log (`husk logs -f`): what [`read`] selects first, then new
@@ -392,7 +373,7 @@ pub fn follow(
     let mut ino = file.metadata().map_err(io("stat", &path))?.ino();
     let mut offset = file.metadata().map_err(io("stat", &path))?.len();
     // The snapshot: everything up to `offset` of the current file.
-    let mut first = read_upto(dir, id, opts, &path, offset)?;
+    let mut first = read_upto(dir, id, opts, Some((&path, offset)))?;
     for e in first.drain(..) {
         if each(e).is_err() {
             return Ok(());
@@ -450,13 +431,12 @@ pub fn follow(
     }
 }
 
-/// Like [`read`], with the current file read only up to `limit` bytes.
+/// [`read`], with the file `limit` names read only up to its byte count.
 fn read_upto(
     dir: &Path,
     id: &str,
     opts: &ReadOptions,
-    current: &Path,
-    limit: u64,
+    limit: Option<(&Path, u64)>,
 ) -> Result<Vec<Entry>, LogError> {
     let mut out = std::collections::VecDeque::new();
     for path in files(dir, id) {
@@ -465,10 +445,9 @@ fn read_upto(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io("open", &path)(e)),
         };
-        let r: Box<dyn Read> = if path == current {
-            Box::new(f.take(limit))
-        } else {
-            Box::new(f)
+        let r: Box<dyn Read> = match limit {
+            Some((p, n)) if p == path => Box::new(f.take(n)),
+            _ => Box::new(f),
         };
         entries_of(r, |e| {
             if opts.keep(&e) {
