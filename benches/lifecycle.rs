@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use husk_e2e::{agent_binary, busybox_rootfs, guest_kernel, require_kvm, scratch};
+use husk_e2e::{husk_vm_args, require_kvm, scratch};
 
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -94,17 +94,8 @@ fn main() {
         root: scratch("bench-lifecycle-store"),
     };
     let _ = std::fs::remove_dir_all(&h.root);
-    let (kernel, agent, rootfs) = (guest_kernel(), agent_binary(), busybox_rootfs());
-    let vm = [
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--agent",
-        agent.to_str().unwrap(),
-        "-m",
-        "128",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-    ];
+    let vm_args = husk_vm_args();
+    let vm: Vec<&str> = vm_args.iter().map(String::as_str).collect();
     let host = husk_vmm::host::detect();
     eprintln!("host: {host}");
 

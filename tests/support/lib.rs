@@ -331,3 +331,18 @@ impl Write for Capture {
         Ok(())
     }
 }
+
+/// `husk run`/`create` arguments for a test container: the test kernel and
+/// agent, 128 MiB, and the busybox root directory (`--rootfs`).
+pub fn husk_vm_args() -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        guest_kernel().display().to_string(),
+        "--agent".into(),
+        agent_binary().display().to_string(),
+        "-m".into(),
+        "128".into(),
+        "--rootfs".into(),
+        busybox_rootfs().display().to_string(),
+    ]
+}

@@ -236,7 +236,18 @@ pub fn logout(store: &Store, registry: &str) -> anyhow::Result<ExitCode> {
 /// beside it and renamed into place when complete) or to standard output,
 /// which must not be a terminal.
 pub fn save(store: &Store, images: &[String], output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    use std::io::IsTerminal;
+    write_archive(output, |w| {
+        husk_image::save(store, images, w).context("cannot save")
+    })
+}
+
+/// Writes an archive to `output` (beside it, renamed into place when
+/// complete) or to standard output, which must not be a terminal.
+fn write_archive(
+    output: Option<PathBuf>,
+    write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
     match output {
         Some(path) => {
             let dir = match path.parent() {
@@ -244,13 +255,15 @@ pub fn save(store: &Store, images: &[String], output: Option<PathBuf>) -> anyhow
                 _ => PathBuf::from("."),
             };
             let mut tmp = tempfile_in(&dir, &path)?;
-            let written = husk_image::save(store, images, std::io::BufWriter::new(&mut tmp.1))
-                .with_context(|| format!("cannot save to {}", path.display()))
-                .and_then(|()| {
-                    tmp.1.sync_all().context("cannot sync the archive")?;
-                    std::fs::rename(&tmp.0, &path)
-                        .with_context(|| format!("cannot write {}", path.display()))
-                });
+            let written = (|| {
+                let mut w = std::io::BufWriter::new(&mut tmp.1);
+                write(&mut w)?;
+                w.flush().context("cannot write the archive")?;
+                drop(w);
+                tmp.1.sync_all().context("cannot sync the archive")?;
+                std::fs::rename(&tmp.0, &path)
+                    .with_context(|| format!("cannot write {}", path.display()))
+            })();
             if written.is_err() {
                 let _ = std::fs::remove_file(&tmp.0);
             }
@@ -263,8 +276,9 @@ pub fn save(store: &Store, images: &[String], output: Option<PathBuf>) -> anyhow
                     "cowardly refusing to save to a terminal. Use the -o flag or redirect"
                 );
             }
-            husk_image::save(store, images, std::io::BufWriter::new(stdout.lock()))
-                .context("cannot save")?;
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            write(&mut w)?;
+            w.flush().context("cannot write to standard output")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -481,39 +495,11 @@ pub fn export(
     container: &str,
     output: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    use std::io::IsTerminal;
     let c = containers.find(container)?;
     let (_, lower, _lease) = container_lower(store, &c)?;
     let upper = c.upper_dir();
-    match output {
-        Some(path) => {
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let mut tmp = tempfile_in(&dir, &path)?;
-            let written = husk_image::export(&lower, &upper, std::io::BufWriter::new(&mut tmp.1))
-                .with_context(|| format!("cannot export container {}", c.name))
-                .and_then(|()| {
-                    tmp.1.sync_all().context("cannot sync the archive")?;
-                    std::fs::rename(&tmp.0, &path)
-                        .with_context(|| format!("cannot write {}", path.display()))
-                });
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp.0);
-            }
-            written?;
-        }
-        None => {
-            let stdout = std::io::stdout();
-            if stdout.is_terminal() {
-                anyhow::bail!(
-                    "cowardly refusing to save to a terminal. Use the -o flag or redirect"
-                );
-            }
-            husk_image::export(&lower, &upper, std::io::BufWriter::new(stdout.lock()))
-                .with_context(|| format!("cannot export container {}", c.name))?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    write_archive(output, |w| {
+        husk_image::export(&lower, &upper, w)
+            .with_context(|| format!("cannot export container {}", c.name))
+    })
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_e2e::{agent_binary, busybox_rootfs, guest_kernel, require_kvm};
+use husk_e2e::{husk_vm_args, require_kvm};
 
 struct Husk {
     root: PathBuf,
@@ -60,38 +60,13 @@ impl Husk {
 
     /// `husk run -d ... --rootfs BUSYBOX -- CMD...`; the container's id.
     fn run_d(&self, extra: &[&str], cmd: &[&str]) -> String {
-        let kernel = guest_kernel();
-        let agent = agent_binary();
-        let rootfs = busybox_rootfs();
-        let mut args = vec![
-            "run",
-            "-d",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--agent",
-            agent.to_str().unwrap(),
-            "-m",
-            "128",
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-        ];
+        let vm = husk_vm_args();
+        let mut args = vec!["run", "-d"];
+        args.extend(vm.iter().map(String::as_str));
         args.extend_from_slice(extra);
         args.push("--");
         args.extend_from_slice(cmd);
         self.ok(&args).trim().to_string()
-    }
-
-    fn vm_args(&self) -> Vec<String> {
-        vec![
-            "--kernel".into(),
-            guest_kernel().display().to_string(),
-            "--agent".into(),
-            agent_binary().display().to_string(),
-            "-m".into(),
-            "128".into(),
-            "--rootfs".into(),
-            busybox_rootfs().display().to_string(),
-        ]
     }
 
     fn logs(&self, name: &str) -> String {
@@ -391,7 +366,7 @@ fn main_process_semantics_and_restart_policy() {
     require_kvm();
     let t0 = Instant::now();
     let h = Husk::new("lifecycle-e2e-store2");
-    let vm = h.vm_args();
+    let vm = husk_vm_args();
     let vm: Vec<&str> = vm.iter().map(String::as_str).collect();
 
     // A background child does not hold `run` (the PID namespace dies with
@@ -477,7 +452,7 @@ fn starting_and_removing_in_a_loop_leaks_nothing() {
     // Warm up the store (its directories and locks exist from here on).
     let _ = h.out(&["ps", "-a"]);
     let before = footprint(&h);
-    let vm = h.vm_args();
+    let vm = husk_vm_args();
     let mut create = vec!["create".to_string()];
     create.extend(vm);
     create.extend(["--".into(), "sh".into(), "-c".into(), "sleep 1000".into()]);
