@@ -559,6 +559,9 @@ fn pump(mut session: Session, p: Pump) -> anyhow::Result<Option<i32>> {
     }
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
+    // An error before the process started is husk's own failure (125, as
+    // `docker run` reports it), not the container's exit code.
+    let (mut started, mut failed) = (false, false);
     let result = loop {
         let ev = match session.recv() {
             Ok(ev) => ev,
@@ -581,7 +584,9 @@ fn pump(mut session: Session, p: Pump) -> anyhow::Result<Option<i32>> {
             Some(CtlEvent::Stderr { data }) => {
                 let _ = err.write_all(&data).and_then(|()| err.flush());
             }
-            Some(CtlEvent::Started) | Some(CtlEvent::Ok) => {}
+            Some(CtlEvent::Started) => started = true,
+            Some(CtlEvent::Ok) => {}
+            Some(CtlEvent::Exited { .. }) if failed && !started => break Ok(Some(125)),
             Some(CtlEvent::Exited { code }) => break Ok(Some(code)),
             Some(CtlEvent::Error { message, code }) => {
                 eprintln!("husk: error: {message}");
@@ -589,6 +594,7 @@ fn pump(mut session: Session, p: Pump) -> anyhow::Result<Option<i32>> {
                     break Ok(Some(code));
                 }
                 // The monitor reports an error and then ends the session.
+                failed = true;
             }
             Some(other) => log::debug!("ignoring {other:?}"),
             None => {
