@@ -215,7 +215,7 @@ fn import_an_image_and_run_it() {
     assert_eq!(text(&out.stdout), "");
     let out = husk(&["rm", "first"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no such container"));
+    assert!(text(&out.stderr).contains("No such container: first"));
     assert!(!rootfs.join("marker").exists());
     let out = husk(&["rmi", "e2e-busybox:1"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
