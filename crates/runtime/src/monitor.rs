@@ -11,7 +11,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -423,13 +423,10 @@ fn run_once(
     }
     // Socket paths are short whatever the store's path: through an open
     // handle of the directory.
-    let (dir_path, _handle) = match crate::control::socket_path(&sandbox_dir, "") {
-        Ok((p, h)) => (
-            p.to_str()
-                .map(|s| PathBuf::from(s.trim_end_matches('/')))
-                .unwrap_or(p),
-            h,
-        ),
+    let (dir_path, _handle) = match crate::control::socket_path(&sandbox_dir, "vsock.sock") {
+        // Through the handle: `/proc/self/fd/N/vsock.sock` → `/proc/self/fd/N`.
+        Ok((p, Some(h))) => (p.parent().map(Path::to_path_buf).unwrap_or(p), Some(h)),
+        Ok((_, None)) => (sandbox_dir.clone(), None),
         Err(e) => return fail(format!("cannot open {}: {e}", sandbox_dir.display())),
     };
     let cfg = &container.config;
