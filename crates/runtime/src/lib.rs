@@ -20,6 +20,7 @@ pub mod control;
 pub mod engine;
 pub mod logs;
 pub mod monitor;
+pub mod net;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
