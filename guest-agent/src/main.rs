@@ -9,6 +9,7 @@
 //! exited and the host has closed its connection, the agent powers the VM
 //! off, as a container ends when its main process does.
 
+mod net;
 mod process;
 mod procinfo;
 mod reaper;
@@ -498,6 +499,10 @@ struct BootArgs {
     tmpfs: Vec<String>,
     /// `husk.hostname=NAME`: the guest's hostname (1 to 63 of [A-Za-z0-9-.]).
     hostname: Option<String>,
+    /// `husk.net=MAC,ADDR/PREFIX,GATEWAY,MTU`: the NIC's configuration.
+    net: Option<net::NetConfig>,
+    /// The `husk.net` words ignored, and why (logged at boot).
+    ignored: Vec<String>,
 }
 
 /// A hostname husk accepts: 1 to 63 characters of `[A-Za-z0-9-.]`.
@@ -533,6 +538,14 @@ fn parse_cmdline(cmdline: &str) -> BootArgs {
         } else if let Some(name) = word.strip_prefix("husk.hostname=") {
             if hostname_ok(name) {
                 a.hostname = Some(name.to_owned());
+            }
+        } else if let Some(v) = word.strip_prefix("husk.net=") {
+            match net::NetConfig::parse(v) {
+                Ok(_) if a.net.is_some() => a
+                    .ignored
+                    .push(format!("{word}: only one husk.net is supported")),
+                Ok(cfg) => a.net = Some(cfg),
+                Err(e) => a.ignored.push(format!("{word}: {e}")),
             }
         } else if let Some(path) = word.strip_prefix("husk.tmpfs=") {
             if guest_path_ok(path) {
@@ -668,9 +681,40 @@ fn hosts_file(name: &str) -> String {
     )
 }
 
+/// Whether a volume is mounted on `path` in the container (`/etc//hosts`
+/// and `/etc/hosts` are one path).
+fn volume_targets(volumes: &[VolumeArg], path: &str) -> bool {
+    let path = std::path::Path::new(path);
+    volumes.iter().any(|v| {
+        std::path::Path::new(&v.path)
+            .components()
+            .eq(path.components())
+    })
+}
+
+/// The files of /etc the agent writes for hostname `name`, with their
+/// text: /etc/hostname and /etc/hosts, less those a volume is mounted on
+/// (the host shares its own /etc/hosts, kept up to date while the
+/// container runs, when the container is on a network: the host's copy
+/// wins).
+fn etc_files(name: &str, volumes: &[VolumeArg]) -> Vec<(&'static str, String)> {
+    [
+        ("hostname", format!("{name}\n")),
+        ("hosts", hosts_file(name)),
+    ]
+    .into_iter()
+    .filter(|(file, _)| !volume_targets(volumes, &format!("/etc/{file}")))
+    .collect()
+}
+
 /// Writes the container's /etc/hostname and /etc/hosts in the agent's
-/// run directory and bind-mounts them into the container root.
-fn container_etc_files(root: &str, name: &str) -> std::io::Result<()> {
+/// run directory and bind-mounts them into the container root, except
+/// those a volume already covers (see [`etc_files`]).
+fn container_etc_files(root: &str, name: &str, volumes: &[VolumeArg]) -> std::io::Result<()> {
+    let files = etc_files(name, volumes);
+    if files.is_empty() {
+        return Ok(());
+    }
     std::fs::create_dir_all(AGENT_RUN_DIR)?;
     sys::mount(
         "husk-agent",
@@ -688,10 +732,7 @@ fn container_etc_files(root: &str, name: &str) -> std::io::Result<()> {
         }
         Err(_) => std::fs::create_dir(&etc)?,
     }
-    for (file, text) in [
-        ("hostname", format!("{name}\n")),
-        ("hosts", hosts_file(name)),
-    ] {
+    for (file, text) in files {
         let source = format!("{AGENT_RUN_DIR}/{file}");
         std::fs::write(&source, text)?;
         let target = format!("{etc}/{file}");
@@ -723,11 +764,17 @@ fn main() {
     }
     agent_mounts();
     let args = parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    for ignored in &args.ignored {
+        log(&format!("ignored {ignored}"));
+    }
     if let Some(name) = &args.hostname
         && let Err(e) = sys::sethostname(name)
     {
         log(&format!("sethostname {name}: {e}"));
     }
+    // Before the vsock port is served: the container's first process has
+    // its network.
+    net::configure(args.net.as_ref());
     if args.rootfs_virtiofs
         && let Err(e) = mount_virtiofs_root(args.upper_virtiofs)
     {
@@ -754,7 +801,7 @@ fn main() {
         }
         container_mounts(CONTAINER_ROOT);
         if let Some(name) = &args.hostname
-            && let Err(e) = container_etc_files(CONTAINER_ROOT, name)
+            && let Err(e) = container_etc_files(CONTAINER_ROOT, name, &args.volumes)
         {
             log(&format!("cannot set up /etc/hostname and /etc/hosts: {e}"));
         }
@@ -844,5 +891,63 @@ mod tests {
              husk.hostname=a/b",
         );
         assert_eq!(a, BootArgs::default());
+    }
+
+    #[test]
+    fn reads_husk_net_and_ignores_bad_or_repeated_words() {
+        let a = parse_cmdline(
+            "quiet husk.net=02:42:0a:00:02:64,10.0.2.100/24,10.0.2.2,65520 husk.hostname=web",
+        );
+        let net = a.net.unwrap();
+        assert_eq!(net.mac, [0x02, 0x42, 0x0a, 0x00, 0x02, 0x64]);
+        assert_eq!(net.addr, std::net::Ipv4Addr::new(10, 0, 2, 100));
+        assert_eq!(net.prefix, 24);
+        assert_eq!(net.gateway, Some(std::net::Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(net.mtu, 65520);
+        assert!(a.ignored.is_empty());
+        let a = parse_cmdline("husk.net=02:42:0a:00:02:64,10.0.2.100/24,,1500");
+        assert_eq!(a.net.unwrap().gateway, None);
+
+        // A bad word is ignored (and said why); a good one after it counts.
+        let a = parse_cmdline(
+            "husk.net=02:42:0a:00:02:64,10.0.2.100/24,10.0.9.1,1500 husk.net= husk.net=x \
+             husk.net=02:42:0a:00:02:64,10.0.2.100/24,,1500 \
+             husk.net=02:42:0a:00:02:65,10.0.2.101/24,,1500",
+        );
+        assert_eq!(a.net.unwrap().addr, std::net::Ipv4Addr::new(10, 0, 2, 100));
+        assert_eq!(a.ignored.len(), 4, "{:?}", a.ignored);
+        assert!(a.ignored[0].contains("gateway 10.0.9.1"), "{:?}", a.ignored);
+        assert!(
+            a.ignored[3].contains("only one husk.net"),
+            "{:?}",
+            a.ignored
+        );
+    }
+
+    #[test]
+    fn etc_files_leave_out_those_a_volume_covers() {
+        let names = |volumes: &[VolumeArg]| {
+            etc_files("web", volumes)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&[]), ["hostname", "hosts"]);
+        let files = etc_files("web", &[]);
+        assert_eq!(files[0].1, "web\n");
+        assert_eq!(files[1].1, hosts_file("web"));
+        let a = parse_cmdline(
+            "husk.volume=net0:/etc/hosts:rw:file husk.volume=net1:/etc/resolv.conf:rw:file",
+        );
+        assert_eq!(names(&a.volumes), ["hostname"]);
+        let a = parse_cmdline(
+            "husk.volume=net0:/etc//hosts:rw:file husk.volume=net2:/etc/hostname/:ro:file",
+        );
+        assert_eq!(names(&a.volumes), Vec::<&str>::new());
+        // Other paths, or a directory above, do not count.
+        let a = parse_cmdline(
+            "husk.volume=d:/etc/hosts.d:rw husk.volume=e:/data/etc/hosts:rw:file husk.volume=f:/etc:ro",
+        );
+        assert_eq!(names(&a.volumes), ["hostname", "hosts"]);
     }
 }
