@@ -10,7 +10,7 @@
 //! PVM host the guest kernel runs emulated, so absolute guest times are an
 //! artefact of the host; the host column is the floor either way.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,17 +24,7 @@ fn env_num(name: &str, default: usize) -> usize {
 }
 
 fn husk_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("HUSK_BIN") {
-        return p.into();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "husk-cli"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build husk");
-    assert!(status.success(), "building husk failed");
-    root.join("target/release/husk")
+    husk_e2e::release_husk_binary()
 }
 
 struct Husk {

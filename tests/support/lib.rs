@@ -285,6 +285,7 @@ pub fn sandbox_config(name: &str, rootfs: &Path) -> husk_runtime::SandboxConfig 
         console_to_stderr: std::env::var_os("HUSK_E2E_CONSOLE").is_some(),
         cancel: None,
         hostname: None,
+        net: None,
     }
 }
 
@@ -345,4 +346,134 @@ pub fn husk_vm_args() -> Vec<String> {
         "--rootfs".into(),
         busybox_rootfs().display().to_string(),
     ]
+}
+
+/// The `husk` binary driven as a user types it, on a store of its own
+/// (`--root`), printing each command's exit status and duration.
+pub struct Cli {
+    /// The `husk` binary.
+    pub bin: PathBuf,
+    /// The store root.
+    pub root: PathBuf,
+}
+
+impl Cli {
+    /// A fresh store named `name` under target/e2e for binary `bin` (the
+    /// CLI crate's tests pass `env!("CARGO_BIN_EXE_husk")`).
+    pub fn new(bin: &str, name: &str) -> Cli {
+        let root = scratch(name);
+        let _ = std::fs::remove_dir_all(&root);
+        Cli {
+            bin: PathBuf::from(bin),
+            root,
+        }
+    }
+
+    /// `husk --root ROOT ARGS...`, not yet run.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root").arg(&self.root).args(args);
+        c
+    }
+
+    /// Runs it with stdin from /dev/null.
+    pub fn out(&self, args: &[&str]) -> std::process::Output {
+        let t = std::time::Instant::now();
+        let o = self
+            .cmd(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "husk {} -> {:?} in {:.2} s",
+            args.join(" "),
+            o.status.code(),
+            t.elapsed().as_secs_f64()
+        );
+        o
+    }
+
+    /// stdout of a command that must succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.out(args);
+        assert!(
+            o.status.success(),
+            "husk {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `husk run [-d] VM-ARGS EXTRA... -- CMD...` with [`husk_vm_args`].
+    pub fn run_args(detach: bool, extra: &[&str], cmd: &[&str]) -> Vec<String> {
+        let mut a = vec!["run".to_string()];
+        if detach {
+            a.push("-d".into());
+        }
+        a.extend(husk_vm_args());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("--".into());
+        a.extend(cmd.iter().map(|s| s.to_string()));
+        a
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        // No container of a test outlives it.
+        if let Ok(o) = Command::new(&self.bin)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["ps", "-aq"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new(&self.bin)
+                    .arg("--root")
+                    .arg(&self.root)
+                    .args(["rm", "-f", id])
+                    .output();
+            }
+        }
+    }
+}
+
+/// The processes (pid and command line) whose command line contains
+/// `needle`, this one aside.
+pub fn processes_matching(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                v.push(format!("{name} {c}"));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The release `husk` binary for benchmarks: `$HUSK_BIN`, else
+/// `target/release/husk`, built first.
+pub fn release_husk_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_BIN") {
+        return p.into();
+    }
+    let root = repo_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "husk-cli"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo build husk");
+    assert!(status.success(), "building husk failed");
+    root.join("target/release/husk")
 }

@@ -76,7 +76,8 @@ fn field(c: &Container, name: &str, now: i64) -> Option<String> {
         "RunningFor" => human_age(now - c.created as i64),
         "Status" => status(c, now),
         "State" => c.state.status.word().to_string(),
-        "Ports" => String::new(),
+        "Ports" => ports(c),
+        "Networks" => if c.config.network.mode == husk_runtime::net::NetworkMode::None { "none".into() } else { String::new() },
         _ => return None,
     })
 }
@@ -143,6 +144,20 @@ pub fn format_rows(template: &str, list: &[Container], now: i64) -> anyhow::Resu
     Ok(lines.iter().map(|l| format!("{l}\n")).collect())
 }
 
+/// The PORTS column: what a running container publishes and exposes.
+pub fn ports(c: &Container) -> String {
+    if !c.state.status.is_live() {
+        return String::new();
+    }
+    let published = c
+        .state
+        .network
+        .as_ref()
+        .map(|n| n.ports.as_slice())
+        .unwrap_or_default();
+    husk_runtime::net::ports::ps_column(published, &c.config.network.exposed)
+}
+
 /// The `husk ps` table.
 pub fn table(containers: &[Container], now: i64) -> String {
     let mut rows = vec![[
@@ -161,7 +176,7 @@ pub fn table(containers: &[Container], now: i64) -> String {
             command(c),
             human_age(now - c.created as i64),
             status(c, now),
-            String::new(),
+            ports(c),
             c.name.clone(),
         ]);
     }
@@ -542,7 +557,7 @@ mod tests {
             status(&paused, c.created as i64 + 180),
             "Up 3 minutes (Paused)"
         );
-        let j = husk_runtime::engine::inspect_json(&c);
+        let j = husk_runtime::engine::inspect_json(&c, "none");
         assert_eq!(j["Name"], "/web");
         assert_eq!(j["State"]["Status"], "created");
         assert_eq!(j["Config"]["Cmd"][2], "echo a long command line here");

@@ -2,6 +2,7 @@
 
 mod containers;
 mod images;
+mod network;
 mod run;
 mod term;
 
@@ -113,6 +114,18 @@ enum Command {
     },
     /// List containers.
     Ps(containers::PsArgs),
+    /// Manage networks.
+    Network {
+        #[command(subcommand)]
+        command: network::NetworkCommand,
+    },
+    /// List a container's published ports.
+    Port {
+        /// The container.
+        container: String,
+        /// PRIVATE_PORT[/PROTO]
+        private: Option<String>,
+    },
     /// Remove containers and their writable layers.
     Rm {
         /// Kill and remove a running container.
@@ -540,6 +553,10 @@ fn main() -> ExitCode {
             }
             Command::Unpause { containers } => {
                 engine().and_then(|e| containers::each(&containers, |n| e.unpause(n)))
+            }
+            Command::Network { command } => engine().and_then(|e| network::network(&e, command)),
+            Command::Port { container, private } => {
+                engine().and_then(|e| network::port(&e, &container, private.as_deref()))
             }
             Command::Top { container } => engine().and_then(|e| containers::top(&e, &container)),
             Command::Stats {

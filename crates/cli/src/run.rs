@@ -99,6 +99,34 @@ pub struct RunArgs {
     /// Keys that detach from the container (default ctrl-p,ctrl-q).
     #[arg(long, default_value = "ctrl-p,ctrl-q")]
     pub detach_keys: String,
+    /// Connect to a network: default (user-mode, through passt), none, or a
+    /// user-defined network's name.
+    #[arg(long = "network", visible_alias = "net")]
+    pub network: Option<String>,
+    /// Add network-scoped aliases (user-defined networks).
+    #[arg(long = "network-alias", visible_alias = "net-alias")]
+    pub network_alias: Vec<String>,
+    /// Publish a container's port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp].
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish all exposed ports to random host ports.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Expose a port or range without publishing it.
+    #[arg(long)]
+    pub expose: Vec<String>,
+    /// Set DNS servers.
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Set DNS search domains.
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    /// Set DNS options.
+    #[arg(long = "dns-option")]
+    pub dns_option: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP (IP may be host-gateway: the host).
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
     /// Guest memory in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 256)]
     pub memory: u64,
@@ -272,6 +300,15 @@ fn create_options(args: &RunArgs, tty: bool) -> anyhow::Result<CreateOptions> {
             RootfsViaArg::Initramfs => RootfsVia::Initramfs,
         },
         vm: VmSettings::default(),
+        network: args.network.clone(),
+        publish: args.publish.clone(),
+        publish_all: args.publish_all,
+        expose: args.expose.clone(),
+        dns: args.dns.clone(),
+        dns_search: args.dns_search.clone(),
+        dns_option: args.dns_option.clone(),
+        add_host: args.add_host.clone(),
+        network_alias: args.network_alias.clone(),
     })
 }
 

@@ -135,6 +135,10 @@ pub struct ContainerConfig {
     /// The guest kernel, agent and boot settings.
     #[serde(default)]
     pub vm: VmSettings,
+    /// `--network`, `-p` and the rest (containers created before husk had
+    /// networking have `--network none`).
+    #[serde(default)]
+    pub network: crate::net::NetworkConfig,
 }
 
 /// What boots a container's VM, fixed at create time (Docker's
@@ -291,6 +295,9 @@ pub struct State {
     /// Why the last start failed, for people.
     #[serde(default)]
     pub error: Option<String>,
+    /// What its network is in this run (while it runs).
+    #[serde(default)]
+    pub network: Option<crate::net::NetworkState>,
 }
 
 impl State {
@@ -305,6 +312,7 @@ impl State {
             restart_count: 0,
             main_started: false,
             error: None,
+            network: None,
         }
     }
 }
@@ -390,6 +398,7 @@ impl Container {
             restart_count: 0,
             main_started: false,
             error: None,
+            network: None,
         };
         write_json(&self.state_path(), &self.state)?;
         Ok(RunGuard {
@@ -432,6 +441,7 @@ impl RunGuard {
         self.state.status = Status::Exited;
         self.state.pid = None;
         self.state.pid_start = None;
+        self.state.network = None;
         self.state.finished_at = Some(now());
         write_json(&self.state_path, &self.state)
     }
@@ -504,7 +514,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ContainerEr
 }
 
 /// A random 256-bit id in hex.
-fn new_id() -> Result<String, ContainerError> {
+pub(crate) fn new_id() -> Result<String, ContainerError> {
     let mut bytes = [0u8; 32];
     let path = Path::new("/dev/urandom");
     std::io::Read::read_exact(&mut File::open(path).map_err(io("open", path))?, &mut bytes)
@@ -595,6 +605,22 @@ impl ContainerStore {
         let path = container.dir.join("config.json");
         let mut record: Record = read_json(&path)?;
         record.name = new.to_owned();
+        write_json(&path, &record)
+    }
+
+    /// Changes a container's config (`network connect`): only while it does
+    /// not run (its running lock is held meanwhile, so no start races it).
+    pub fn update_config(
+        &self,
+        container: &Container,
+        f: impl FnOnce(&mut ContainerConfig),
+    ) -> Result<(), ContainerError> {
+        let Some(_lock) = try_lock(&container.dir.join("running.lock"))? else {
+            return Err(ContainerError::AlreadyRunning(container.name.clone()));
+        };
+        let path = container.dir.join("config.json");
+        let mut record: Record = read_json(&path)?;
+        f(&mut record.config);
         write_json(&path, &record)
     }
 
@@ -689,6 +715,7 @@ impl ContainerStore {
             state.status = Status::Exited;
             state.pid = None;
             state.pid_start = None;
+            state.network = None;
             if let Ok(Some(lock)) = try_lock(&dir.join("running.lock")) {
                 if let Ok(mut now_state) = read_json::<State>(&dir.join("state.json"))
                     && now_state.status.is_live()
@@ -697,6 +724,7 @@ impl ContainerStore {
                     now_state.status = Status::Exited;
                     now_state.pid = None;
                     now_state.pid_start = None;
+                    now_state.network = None;
                     now_state.finished_at = now_state.finished_at.or(Some(now()));
                     let _ = write_json(&dir.join("state.json"), &now_state);
                     state = now_state;

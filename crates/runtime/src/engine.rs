@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use husk_protocol::{RunSpec, TermSize};
 
+use crate::net::store::{CreateNetwork, Network, NetworkStore};
+use crate::net::{NetworkConfig, NetworkMode};
 use crate::container::{
     Container, ContainerConfig, ContainerError, ContainerStore, RestartPolicy, Status, VmSettings,
     monitor_alive,
@@ -62,6 +64,9 @@ pub enum EngineError {
     /// The request is malformed.
     #[error("{0}")]
     BadInput(String),
+    /// A network operation failed.
+    #[error(transparent)]
+    Network(#[from] crate::net::store::NetworkError),
     /// A file could not be used.
     #[error("cannot {what} {path}")]
     Io {
@@ -143,6 +148,24 @@ pub struct CreateOptions {
     pub rootfs_via: RootfsVia,
     /// Kernel, agent, boot timeout.
     pub vm: VmSettings,
+    /// `--network` (`None`: the default network).
+    pub network: Option<String>,
+    /// `-p`.
+    pub publish: Vec<String>,
+    /// `-P`.
+    pub publish_all: bool,
+    /// `--expose`.
+    pub expose: Vec<String>,
+    /// `--dns`.
+    pub dns: Vec<String>,
+    /// `--dns-search`.
+    pub dns_search: Vec<String>,
+    /// `--dns-option`.
+    pub dns_option: Vec<String>,
+    /// `--add-host NAME:IP`.
+    pub add_host: Vec<String>,
+    /// `--network-alias`.
+    pub network_alias: Vec<String>,
 }
 
 /// What `exec` takes: Docker's `exec` options.
@@ -391,6 +414,17 @@ impl Engine {
                 )
             }
         };
+        let image_exposed: Vec<String> = match &image_id {
+            Some(id) => self
+                .images
+                .resolve(id)
+                .ok()
+                .and_then(|i| i.config.config.and_then(|c| c.exposed_ports))
+                .map(|m| m.into_keys().collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let network = self.network_config(opts, &image_exposed)?;
         let stop_signal = match opts.stop_signal.as_ref().or(image_stop.as_ref()) {
             Some(s) => Some(parse_signal(s)?),
             None => None,
@@ -413,8 +447,256 @@ impl Engine {
             auto_remove: opts.auto_remove,
             rootfs_via: opts.rootfs_via,
             vm: opts.vm.clone(),
+            network,
         };
         Ok(self.containers.create(opts.name.as_deref(), config)?)
+    }
+
+    /// Works out a container's network settings from `create`'s options,
+    /// as Docker checks them.
+    fn network_config(
+        &self,
+        opts: &CreateOptions,
+        image_exposed: &[String],
+    ) -> Result<NetworkConfig, EngineError> {
+        let bad = |m: String| EngineError::BadInput(m);
+        let mode = match opts.network.as_deref() {
+            None | Some("default") | Some("bridge") => NetworkMode::Default,
+            Some("none") => NetworkMode::None,
+            Some("host") => {
+                return Err(bad(
+                    "--network host is not supported: a husk container has its own kernel and network stack; publish ports with -p".into(),
+                ));
+            }
+            Some(n) if n.starts_with("container:") => {
+                return Err(bad(format!(
+                    "--network {n} is not supported: husk containers do not share network stacks"
+                )));
+            }
+            Some(n) => NetworkMode::Named(self.networks()?.find(n)?.id),
+        };
+        let mut exposed = Vec::new();
+        for e in image_exposed.iter().chain(&opts.expose) {
+            exposed.extend(
+                crate::net::ports::parse_exposed(e).map_err(|e| bad(e.to_string()))?,
+            );
+        }
+        exposed.sort();
+        exposed.dedup();
+        let mut ports = Vec::new();
+        for p in &opts.publish {
+            ports.extend(crate::net::ports::parse_publish(p).map_err(|e| bad(e.to_string()))?);
+        }
+        if opts.publish_all {
+            for (port, proto) in &exposed {
+                if !ports.iter().any(|b: &crate::net::PortBinding| b.container_port == *port && b.proto == *proto) {
+                    ports.push(crate::net::PortBinding {
+                        host_ip: None,
+                        host_port: 0,
+                        container_port: *port,
+                        proto: *proto,
+                    });
+                }
+            }
+        }
+        crate::net::ports::check_conflicts(&ports).map_err(bad)?;
+        if mode == NetworkMode::None && !ports.is_empty() {
+            return Err(bad(
+                "conflicting options: port publishing and the container type network mode (--network none)".into(),
+            ));
+        }
+        let mut dns = Vec::new();
+        for d in &opts.dns {
+            dns.push(d.parse::<std::net::IpAddr>().map_err(|_| {
+                bad(format!("{d} is not an ip address (--dns)"))
+            })?);
+        }
+        let mut extra_hosts = Vec::new();
+        for h in &opts.add_host {
+            let (name, ip) = h
+                .split_once(':')
+                .or_else(|| h.split_once('='))
+                .ok_or_else(|| bad(format!("bad format for add-host: {h:?} (expected NAME:IP)")))?;
+            if !crate::net::valid_host_name(name) {
+                return Err(bad(format!("invalid host name in add-host: {name:?}")));
+            }
+            if ip != crate::net::HOST_GATEWAY && ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(bad(format!("invalid IP address in add-host: {ip:?}")));
+            }
+            extra_hosts.push((name.to_owned(), ip.to_owned()));
+        }
+        for d in opts.dns_search.iter().chain(&opts.dns_option) {
+            if d.is_empty() || d.len() > 253 || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad(format!("invalid DNS search domain or option {d:?}")));
+            }
+        }
+        if !opts.network_alias.is_empty() && !matches!(mode, NetworkMode::Named(_)) {
+            return Err(bad(
+                "network-scoped aliases are supported only for containers in user-defined networks".into(),
+            ));
+        }
+        for a in &opts.network_alias {
+            if !crate::net::valid_host_name(a) {
+                return Err(bad(format!("invalid network alias {a:?}")));
+            }
+        }
+        if mode == NetworkMode::Default {
+            crate::net::passt::find().map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(NetworkConfig {
+            mode,
+            ports,
+            exposed,
+            dns,
+            dns_search: opts.dns_search.clone(),
+            dns_options: opts.dns_option.clone(),
+            extra_hosts,
+            aliases: opts.network_alias.clone(),
+        })
+    }
+
+    /// The store's user-defined networks.
+    pub fn networks(&self) -> Result<NetworkStore, EngineError> {
+        Ok(NetworkStore::open(&self.root)?)
+    }
+
+    /// `network create`.
+    pub fn network_create(&self, name: &str, opts: &CreateNetwork) -> Result<Network, EngineError> {
+        Ok(self.networks()?.create(name, opts)?)
+    }
+
+    /// The containers whose config names network `id`.
+    fn containers_on(&self, id: &str) -> Result<Vec<Container>, EngineError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|c| c.config.network.mode == NetworkMode::Named(id.to_owned()))
+            .collect())
+    }
+
+    /// `network rm`: refused while a container runs on it.
+    pub fn network_remove(&self, query: &str) -> Result<Network, EngineError> {
+        if crate::net::store::RESERVED.contains(&query) {
+            return Err(EngineError::BadInput(format!(
+                "{query} is a pre-defined network and cannot be removed"
+            )));
+        }
+        let store = self.networks()?;
+        let net = store.find(query)?;
+        if self
+            .containers_on(&net.id)?
+            .iter()
+            .any(|c| c.state.status.is_live())
+        {
+            return Err(crate::net::store::NetworkError::InUse {
+                name: net.name.clone(),
+                id: net.id.clone(),
+            }
+            .into());
+        }
+        store.remove(&net)?;
+        Ok(net)
+    }
+
+    /// `network prune`: removes the networks no container uses; their names.
+    pub fn network_prune(&self) -> Result<Vec<String>, EngineError> {
+        let store = self.networks()?;
+        let mut gone = Vec::new();
+        for net in store.list()? {
+            if self.containers_on(&net.id)?.is_empty() && store.endpoints(&net)?.is_empty() {
+                store.remove(&net)?;
+                gone.push(net.name);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// `network inspect`: Docker's JSON.
+    pub fn network_inspect_json(&self, query: &str) -> Result<serde_json::Value, EngineError> {
+        let store = self.networks()?;
+        let net = store.find(query)?;
+        Ok(net.inspect_json(&store.endpoints(&net)?))
+    }
+
+    /// `network connect NET CONTAINER`: a husk container has one NIC, set
+    /// when its VM boots, so it must not be running; its network becomes
+    /// `NET` (replacing the default network) from its next start.
+    pub fn network_connect(
+        &self,
+        net: &str,
+        container: &str,
+        aliases: &[String],
+    ) -> Result<(), EngineError> {
+        let net = self.networks()?.find(net)?;
+        let c = self.find(container)?;
+        if c.state.status.is_live() {
+            return Err(EngineError::BadInput(format!(
+                "container {} is running: a husk container's network interface is fixed while its VM runs; stop it, connect, then start it",
+                c.name
+            )));
+        }
+        if let NetworkMode::Named(id) = &c.config.network.mode
+            && *id != net.id
+        {
+            return Err(EngineError::BadInput(format!(
+                "container {} is already on a user-defined network: husk containers have one network interface; disconnect it first",
+                c.name
+            )));
+        }
+        for a in aliases {
+            if !crate::net::valid_host_name(a) {
+                return Err(EngineError::BadInput(format!("invalid network alias {a:?}")));
+            }
+        }
+        let id = net.id.clone();
+        let aliases = aliases.to_vec();
+        self.containers.update_config(&c, move |cfg| {
+            cfg.network.mode = NetworkMode::Named(id);
+            for a in aliases {
+                if !cfg.network.aliases.contains(&a) {
+                    cfg.network.aliases.push(a);
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// `network disconnect NET CONTAINER`: from its next start the
+    /// container has no network (`--network none`); it must not be running.
+    pub fn network_disconnect(&self, net: &str, container: &str) -> Result<(), EngineError> {
+        let c = self.find(container)?;
+        let wanted = match net {
+            "default" | "bridge" => NetworkMode::Default,
+            "none" => NetworkMode::None,
+            n => NetworkMode::Named(self.networks()?.find(n)?.id),
+        };
+        if c.config.network.mode != wanted {
+            return Err(EngineError::BadInput(format!(
+                "container {} is not connected to network {net}",
+                c.name
+            )));
+        }
+        if c.state.status.is_live() {
+            return Err(EngineError::BadInput(format!(
+                "container {} is running: a husk container's network interface is fixed while its VM runs; stop it first",
+                c.name
+            )));
+        }
+        self.containers.update_config(&c, |cfg| {
+            cfg.network.mode = NetworkMode::None;
+            cfg.network.ports.clear();
+            cfg.network.aliases.clear();
+        })?;
+        Ok(())
+    }
+
+    /// `port CONTAINER`: the published ports of a running container.
+    pub fn ports(&self, query: &str) -> Result<Vec<crate::net::PortBinding>, EngineError> {
+        let c = self.find(query)?;
+        if !c.state.status.is_live() {
+            return Ok(Vec::new());
+        }
+        Ok(c.state.network.map(|n| n.ports).unwrap_or_default())
     }
 
     fn spawn_monitor(&self, c: &Container, attach_first: bool) -> Result<(), EngineError> {
@@ -771,7 +1053,20 @@ impl Engine {
 
     /// `docker inspect`-shaped JSON.
     pub fn inspect(&self, c: &Container) -> serde_json::Value {
-        inspect_json(c)
+        inspect_json(c, &self.network_name(c))
+    }
+
+    /// The name of a container's network as `inspect` shows it.
+    pub fn network_name(&self, c: &Container) -> String {
+        match &c.config.network.mode {
+            NetworkMode::None => "none".into(),
+            NetworkMode::Default => crate::net::DEFAULT_NETWORK.into(),
+            NetworkMode::Named(id) => self
+                .networks()
+                .ok()
+                .and_then(|s| s.find(id).ok())
+                .map_or_else(|| id.clone(), |n| n.name),
+        }
     }
 }
 
@@ -947,7 +1242,7 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 /// `docker inspect`-shaped JSON for a container.
-pub fn inspect_json(c: &Container) -> serde_json::Value {
+pub fn inspect_json(c: &Container, net_name: &str) -> serde_json::Value {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let spec = &c.config.spec;
     let time = |t: Option<u64>| t.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), rfc3339);
@@ -1004,6 +1299,7 @@ pub fn inspect_json(c: &Container) -> serde_json::Value {
             "OpenStdin": c.config.open_stdin,
             "StopSignal": c.config.stop_signal.map(|s| s.to_string()),
             "StopTimeout": c.config.stop_timeout,
+            "ExposedPorts": c.config.network.exposed.iter().map(|(p, proto)| (format!("{p}/{proto}"), serde_json::json!({}))).collect::<serde_json::Map<_, _>>(),
         },
         "HostConfig": {
             "Memory": c.config.mem_size,
@@ -1021,7 +1317,18 @@ pub fn inspect_json(c: &Container) -> serde_json::Value {
                 },
             },
             "Runtime": "husk",
+            "NetworkMode": net_name,
+            "PortBindings": crate::net::ports_json(&c.config.network.ports, &[]),
+            "Dns": c.config.network.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "DnsSearch": c.config.network.dns_search,
+            "DnsOptions": c.config.network.dns_options,
+            "ExtraHosts": c.config.network.extra_hosts.iter().map(|(n, i)| format!("{n}:{i}")).collect::<Vec<_>>(),
         },
+        "NetworkSettings": crate::net::settings_json(
+            &c.config.network,
+            &net_name,
+            c.state.network.as_ref().filter(|_| c.state.status.is_live()),
+        ),
         "Mounts": mounts,
         "GraphDriver": {
             "Name": "overlay (in the guest, over virtio-fs)",

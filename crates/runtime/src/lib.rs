@@ -125,6 +125,26 @@ pub struct SandboxConfig {
     /// The container's hostname (`husk.hostname=NAME` for the agent, which
     /// sets it and writes /etc/hostname and /etc/hosts); `None`: none.
     pub hostname: Option<String>,
+    /// The guest NIC and its backend (`None`: only `lo`).
+    pub net: Option<SandboxNet>,
+}
+
+/// A sandbox's NIC: what the agent configures, and the host side of it.
+#[derive(Debug, Clone)]
+pub struct SandboxNet {
+    /// Address, gateway, MAC, MTU.
+    pub nic: net::GuestNic,
+    /// The host side.
+    pub backend: NetFd,
+}
+
+/// The host side of a sandbox's NIC (shared: the VMM gets a duplicate).
+#[derive(Debug, Clone)]
+pub enum NetFd {
+    /// A socket to passt (its framing).
+    Stream(std::sync::Arc<std::os::fd::OwnedFd>),
+    /// A TAP (with virtio-net headers).
+    Tap(std::sync::Arc<std::os::fd::OwnedFd>),
 }
 
 /// Checks a hostname: 1 to 63 characters of `[A-Za-z0-9-.]`.
@@ -388,6 +408,24 @@ impl Sandbox {
             })?;
             args.push(format!("husk.tmpfs={t}"));
         }
+        let net = match &config.net {
+            Some(n) => {
+                args.push(n.nic.kernel_arg());
+                let dup = |fd: &std::os::fd::OwnedFd| {
+                    fd.try_clone()
+                        .map_err(prep(Path::new("the network backend's fd")))
+                };
+                Some(husk_devices::virtio::net::NetConfig {
+                    mac: n.nic.mac,
+                    mtu: n.nic.mtu,
+                    backend: match &n.backend {
+                        NetFd::Stream(fd) => husk_devices::virtio::net::NetBackend::Stream(dup(fd)?),
+                        NetFd::Tap(fd) => husk_devices::virtio::net::NetBackend::Tap(dup(fd)?),
+                    },
+                })
+            }
+            None => None,
+        };
         args.push(config.cmdline_extra.clone());
         let bytes = build_initramfs(&config.agent, packed_root)?;
         std::fs::write(&initrd, bytes).map_err(prep(&initrd))?;
@@ -411,6 +449,7 @@ impl Sandbox {
             }),
             fs,
             exit: None,
+            net,
         };
         let started = Instant::now();
         let vm = Vm::start(vm_config).map_err(RuntimeError::Vm)?;

@@ -429,13 +429,32 @@ fn run_once(
         Ok((_, None)) => (sandbox_dir.clone(), None),
         Err(e) => return fail(format!("cannot open {}: {e}", sandbox_dir.display())),
     };
+    // The network: passt, or a TAP on a user-defined network's bridge,
+    // and the container's /etc/hosts and /etc/resolv.conf. It ends with
+    // this run.
+    let attachment = match crate::net::attach::attach(images.root(), container) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot set up the network: {}", error_chain(&e))),
+    };
+    if let Some(pid) = attachment.passt_pid() {
+        log::info!("network: passt (pid {pid})");
+    }
     let cfg = &container.config;
+    // A user's own -v onto /etc/hosts or /etc/resolv.conf wins.
+    let mut volumes = cfg.volumes.clone();
+    volumes.extend(
+        attachment
+            .volumes
+            .iter()
+            .filter(|v| !cfg.volumes.iter().any(|u| u.guest == v.guest))
+            .cloned(),
+    );
     let config = SandboxConfig {
         kernel: cfg.vm.kernel.clone(),
         agent: cfg.vm.agent.clone(),
         rootfs: Some(cfg.rootfs.clone()),
         rootfs_via: cfg.rootfs_via,
-        volumes: cfg.volumes.clone(),
+        volumes,
         upper: (cfg.rootfs_via == crate::RootfsVia::VirtioFs).then(|| container.rw_dir()),
         tmpfs: cfg.tmpfs.clone(),
         mem_size: cfg.mem_size,
@@ -446,6 +465,7 @@ fn run_once(
         console_to_stderr: cfg.vm.console,
         cancel: Some(mon.cancel.clone()),
         hostname: Some(container.hostname()),
+        net: attachment.sandbox.clone(),
     };
     let sandbox = match Sandbox::start(&config) {
         Ok(s) => Arc::new(s),
@@ -453,6 +473,10 @@ fn run_once(
         Err(e) => return fail(error_chain(&e)),
     };
     log::info!("agent ready after {:.3} s", sandbox.boot_time.as_secs_f64());
+    if let Some(net) = &attachment.state {
+        let net = net.clone();
+        mon.update(|s| s.network = Some(net));
+    }
     *mon.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sandbox.clone());
     if attach_first {
         let until = Instant::now() + ATTACH_WAIT;

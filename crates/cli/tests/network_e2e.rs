@@ -1,0 +1,461 @@
+//! Networking end to end with real microVMs: the default network (passt)
+//! with published TCP and UDP ports, outbound access to a host server on
+//! the host's own address, the host's loopback out of reach, DNS and
+//! /etc/hosts; `--network none`; user-defined networks (root: a bridge per
+//! network, name resolution inside one, isolation between two, `-p`
+//! through the userland proxy, nothing left behind); and Docker's errors,
+//! which boot nothing. Boots cost ~25-60 s on PVM hosts, so one container
+//! serves many checks.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use husk_e2e::{Cli, require_kvm};
+
+fn husk(name: &str) -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_husk"), name)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The host's own non-loopback address (the source of its default route).
+fn host_ip() -> IpAddr {
+    let o = Command::new("ip")
+        .args(["-4", "route", "get", "1.1.1.1"])
+        .output()
+        .expect("ip route get");
+    let t = text(&o.stdout);
+    let mut w = t.split_whitespace();
+    while let Some(x) = w.next() {
+        if x == "src" {
+            return w.next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("this host has no non-loopback IPv4 address with a default route: {t}");
+}
+
+/// A tiny HTTP server on `addr` answering every request with `body`;
+/// counts the connections it got.
+fn http_server(addr: &str, body: &'static str) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind(addr).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, hits)
+}
+
+/// GET `/` from `addr` on the host; the body, or `None` if it failed.
+fn http_get(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (_, body) = out.split_once("\r\n\r\n")?;
+    out.starts_with("HTTP/1.").then(|| body.to_owned())
+}
+
+/// Polls [`http_get`] until it returns a body (the guest's server comes up
+/// after the boot).
+fn http_get_until(addr: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(b) = http_get(addr) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "no HTTP answer from {addr}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory with the static UDP echo server, shared into containers.
+fn tools_dir() -> PathBuf {
+    let d = husk_e2e::scratch("net-tools");
+    let out = d.join("udp_echo");
+    if !out.exists() {
+        husk_e2e::compile_static_c(
+            &husk_e2e::repo_root().join("tests/guest/udp_echo.c"),
+            &out,
+        );
+    }
+    d
+}
+
+/// The shell command of a container that serves `body` over HTTP on
+/// `port` (busybox httpd) and then runs `then`.
+fn web_cmd(body: &str, port: u16, then: &str) -> String {
+    format!(
+        "mkdir -p /tmp/www && echo {body} > /tmp/www/index.html && httpd -p {port} -h /tmp/www && echo web-up && {then}"
+    )
+}
+
+#[test]
+fn bad_network_options_are_refused_before_anything_boots() {
+    let h = husk("net-e2e-errors");
+    let t0 = Instant::now();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--network", "none", "-p", "8080:80"],
+            "conflicting options: port publishing",
+        ),
+        (&["-p", "99999:80"], "invalid publish spec"),
+        (&["-p", "8080:80/sctp"], "the protocol must be tcp or udp"),
+        (&["--network", "nosuch"], "network nosuch not found"),
+        (&["--network", "host"], "--network host is not supported"),
+        (&["--add-host", "nocolon"], "bad format for add-host"),
+        (&["--add-host", "x:not-an-ip"], "invalid IP address in add-host"),
+        (&["--dns", "bogus"], "is not an ip address"),
+        (
+            &["--network-alias", "a"],
+            "supported only for containers in user-defined networks",
+        ),
+    ];
+    for (extra, want) in cases {
+        let args = Cli::run_args(false, extra, &["true"]);
+        let o = h.out(&strs(&args));
+        assert_eq!(o.status.code(), Some(125), "{extra:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(want),
+            "{extra:?}: want {want:?} in {}",
+            text(&o.stderr)
+        );
+    }
+    // A host port that is taken: found by the monitor before the VM boots.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let args = Cli::run_args(true, &["-p", &format!("127.0.0.1:{port}:80")], &["true"]);
+    let o = h.out(&strs(&args));
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains(&format!(
+            "Bind for 127.0.0.1:{port} failed: port is already allocated"
+        )),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "these must not boot a VM");
+    eprintln!(
+        "bad_network_options_are_refused_before_anything_boots: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
+    require_kvm();
+    let t0 = Instant::now();
+    let h = husk("net-e2e-default");
+    let hip = host_ip();
+    let (out_port, out_hits) = http_server(&format!("{hip}:0"), "hello-from-host");
+    let (lo_port, lo_hits) = http_server("127.0.0.1:0", "loopback-secret");
+    let (tcp, udp) = (free_port(), free_udp_port());
+    let tools = tools_dir();
+    let vol = format!("{}:/t:ro", tools.display());
+    let cmd = web_cmd("hello-from-guest", 8080, "exec /t/udp_echo 9999");
+    let args = Cli::run_args(
+        true,
+        &[
+            "--name",
+            "web",
+            "-v",
+            &vol,
+            "-p",
+            &format!("{tcp}:8080"),
+            "-p",
+            &format!("127.0.0.1:{udp}:9999/udp"),
+            "-p",
+            "127.0.0.1::8080",
+            "--add-host",
+            "extra.example:192.0.2.77",
+        ],
+        &["sh", "-c", &cmd],
+    );
+    let id = h.ok(&strs(&args)).trim().to_string();
+    assert_eq!(id.len(), 64);
+
+    // Host -> container over TCP, through passt's forward.
+    assert_eq!(
+        http_get_until(&format!("127.0.0.1:{tcp}"), 120).trim(),
+        "hello-from-guest"
+    );
+    // And UDP.
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 64];
+    let got = loop {
+        u.send_to(b"ping-udp", ("127.0.0.1", udp)).unwrap();
+        if let Ok((n, _)) = u.recv_from(&mut buf) {
+            break buf[..n].to_vec();
+        }
+        assert!(Instant::now() < deadline, "no UDP echo on port {udp}");
+    };
+    assert_eq!(got, b"ping-udp");
+
+    // What users see.
+    let ps = h.ok(&["ps"]);
+    assert!(ps.contains(&format!("0.0.0.0:{tcp}->8080/tcp")), "{ps}");
+    assert!(ps.contains(&format!("127.0.0.1:{udp}->9999/udp")), "{ps}");
+    let port = h.ok(&["port", "web"]);
+    assert!(port.contains(&format!("8080/tcp -> 0.0.0.0:{tcp}")), "{port}");
+    assert!(port.contains(&format!("9999/udp -> 127.0.0.1:{udp}")), "{port}");
+    let picked = h.ok(&["port", "web", "8080/tcp"]);
+    assert!(picked.contains(&format!("0.0.0.0:{tcp}")), "{picked}");
+    assert!(
+        picked.lines().any(|l| l.starts_with("127.0.0.1:") && !l.ends_with(":0")),
+        "-p 127.0.0.1::8080 got a host port: {picked}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
+    let ns = &v[0]["NetworkSettings"];
+    assert_eq!(ns["IPAddress"], "10.0.2.100");
+    assert_eq!(ns["Gateway"], "10.0.2.2");
+    assert_eq!(ns["Networks"]["default"]["IPAddress"], "10.0.2.100");
+    assert_eq!(
+        ns["Ports"]["8080/tcp"][0]["HostPort"],
+        tcp.to_string(),
+        "{ns}"
+    );
+
+    // Inside: the NIC the agent configured, DNS and /etc/hosts, outbound
+    // access to the host's own address, and no way to the host loopback.
+    let script = format!(
+        "ip -4 addr show eth0; ip route; cat /etc/resolv.conf /etc/hosts; \
+         echo OUT=$(wget -q -T 10 -O - http://{hip}:{out_port}/); \
+         wget -q -T 5 -O - http://10.0.2.2:{lo_port}/ ; echo GW=$?; \
+         wget -q -T 5 -O - http://127.0.0.1:{lo_port}/ ; echo LO=$?"
+    );
+    let inside = h.ok(&["exec", "web", "sh", "-c", &script]);
+    eprintln!("inside the container:\n{inside}");
+    assert!(inside.contains("inet 10.0.2.100/24"), "{inside}");
+    assert!(inside.contains("mtu 65520"), "{inside}");
+    assert!(inside.contains("default via 10.0.2.2"), "{inside}");
+    assert!(inside.contains("nameserver 10.0.2.3"), "{inside}");
+    assert!(inside.contains("192.0.2.77\textra.example"), "{inside}");
+    assert!(inside.contains("OUT=hello-from-host"), "{inside}");
+    assert!(out_hits.load(Ordering::SeqCst) >= 1);
+    assert!(!inside.contains("loopback-secret"), "{inside}");
+    assert!(!inside.contains("GW=0"), "{inside}");
+    assert!(!inside.contains("LO=0"), "{inside}");
+    assert_eq!(lo_hits.load(Ordering::SeqCst), 0, "the host loopback was reached");
+
+    // Removal leaves no passt behind.
+    let dir = h.root.join("containers").join(&id);
+    h.ok(&["rm", "-f", "web"]);
+    let passts = husk_e2e::processes_matching(&dir.display().to_string());
+    assert!(passts.is_empty(), "left behind: {passts:?}");
+    assert!(http_get(&format!("127.0.0.1:{tcp}")).is_none());
+    eprintln!(
+        "default_network_publishes_ports_reaches_out_and_not_the_host_loopback: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback() {
+    require_kvm();
+    let t0 = Instant::now();
+    let h = husk("net-e2e-none");
+    let args = Cli::run_args(
+        false,
+        &["--network", "none"],
+        &[
+            "sh",
+            "-c",
+            "ip -o link | cut -d: -f2; echo ROUTES; ip route; echo END; ping -c1 -W1 127.0.0.1 >/dev/null && echo LO-UP",
+        ],
+    );
+    let out = h.ok(&strs(&args));
+    let links: Vec<&str> = out
+        .split("ROUTES")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(links, ["lo"], "{out}");
+    let routes = out.split("ROUTES").nth(1).unwrap().split("END").next().unwrap();
+    assert!(routes.trim().is_empty(), "{out}");
+    assert!(out.contains("LO-UP"), "lo is not up: {out}");
+    eprintln!(
+        "network_none_has_only_loopback: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// What a user-defined network may leave behind on the host.
+fn host_footprint(root: &str) -> (Vec<String>, String, Vec<String>) {
+    let links = text(&Command::new("ip").args(["-o", "link"]).output().unwrap().stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_owned()))
+        .collect();
+    let rules = text(
+        &Command::new("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+    );
+    (links, rules, husk_e2e::processes_matching(root))
+}
+
+#[test]
+fn user_defined_networks_resolve_names_isolate_and_clean_up() {
+    require_kvm();
+    if !is_root() {
+        eprintln!(
+            "SKIP user_defined_networks_resolve_names_isolate_and_clean_up: needs root (bridges, TAPs, nftables)"
+        );
+        return;
+    }
+    let t0 = Instant::now();
+    let h = husk("net-e2e-user");
+    let root = h.root.display().to_string();
+    let before = host_footprint(&root);
+    let hip = host_ip();
+    let (out_port, _) = http_server(&format!("{hip}:0"), "hello-from-host");
+
+    let n1 = h.ok(&["network", "create", "n1"]).trim().to_string();
+    assert_eq!(n1.len(), 64);
+    h.ok(&["network", "create", "--subnet", "10.89.200.0/24", "n2"]);
+    let ls = h.ok(&["network", "ls"]);
+    assert!(ls.contains(" n1 ") && ls.contains(" n2 "), "{ls}");
+    let dup = h.out(&["network", "create", "n1"]);
+    assert!(!dup.status.success());
+    assert!(text(&dup.stderr).contains("already exists"), "{}", text(&dup.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&h.ok(&["network", "inspect", "n2"])).unwrap();
+    assert_eq!(v[0]["IPAM"]["Config"][0]["Subnet"], "10.89.200.0/24");
+
+    let tcp = free_port();
+    let cmd = web_cmd("hello-from-n1", 8080, "exec sleep 1000");
+    let args = Cli::run_args(
+        true,
+        &[
+            "--name",
+            "web",
+            "--network",
+            "n1",
+            "--network-alias",
+            "www",
+            "-p",
+            &format!("127.0.0.1:{tcp}:8080"),
+        ],
+        &["sh", "-c", &cmd],
+    );
+    h.ok(&strs(&args));
+    // -p on a user network: the monitor's userland proxy.
+    assert_eq!(
+        http_get_until(&format!("127.0.0.1:{tcp}"), 120).trim(),
+        "hello-from-n1"
+    );
+    let v: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
+    let web_ip = v[0]["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(web_ip.starts_with("10.89."), "{web_ip}");
+    let busy = h.out(&["network", "rm", "n1"]);
+    assert!(
+        text(&busy.stderr).contains("active endpoints"),
+        "{}",
+        text(&busy.stderr)
+    );
+
+    // A client on n1 (by name and alias, and outbound through NAT) and
+    // one on n2 (isolated), side by side.
+    let on_n1 = Cli::run_args(
+        false,
+        &["--rm", "--network", "n1"],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo A=$(wget -q -T 10 -O - http://web:8080/); echo B=$(wget -q -T 10 -O - http://www:8080/); echo C=$(wget -q -T 10 -O - http://{hip}:{out_port}/)"
+            ),
+        ],
+    );
+    let on_n2 = Cli::run_args(
+        false,
+        &["--rm", "--network", "n2"],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "wget -q -T 5 -O - http://{web_ip}:8080/; echo IP=$?; wget -q -T 5 -O - http://web:8080/; echo NAME=$?"
+            ),
+        ],
+    );
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| h.ok(&strs(&on_n1)));
+        let b = s.spawn(|| h.ok(&strs(&on_n2)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    eprintln!("on n1:\n{a}\non n2:\n{b}");
+    assert!(a.contains("A=hello-from-n1"), "{a}");
+    assert!(a.contains("B=hello-from-n1"), "{a}");
+    assert!(a.contains("C=hello-from-host"), "{a}");
+    assert!(!b.contains("hello-from-n1"), "{b}");
+    assert!(!b.contains("IP=0") && !b.contains("NAME=0"), "{b}");
+
+    h.ok(&["rm", "-f", "web"]);
+    h.ok(&["network", "rm", "n1", "n2"]);
+    let ps = h.ok(&["ps", "-aq"]);
+    assert!(ps.trim().is_empty(), "{ps}");
+    let after = host_footprint(&root);
+    assert_eq!(before.0, after.0, "interfaces left behind");
+    assert_eq!(before.1, after.1, "nftables rules left behind");
+    assert_eq!(before.2, after.2, "processes left behind");
+    eprintln!(
+        "user_defined_networks_resolve_names_isolate_and_clean_up: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Whether this process's effective uid is 0 (from /proc/self/status).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        .unwrap_or(false)
+}

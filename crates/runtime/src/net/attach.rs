@@ -1,0 +1,165 @@
+//! What the monitor does to give one run of a container its network:
+//! start the backend, pick host ports, write the container's `/etc/hosts`
+//! and `/etc/resolv.conf`, and say what the guest NIC is. Everything it
+//! starts ends when the [`Attachment`] is dropped (passt exits with its
+//! socket, a TAP vanishes with its fd, proxies stop).
+
+use super::passt::{Passt, PasstError};
+use super::{
+    DEFAULT_DNS, DEFAULT_GATEWAY, DEFAULT_GUEST_IP, DEFAULT_MTU, DEFAULT_NETWORK, DEFAULT_PREFIX,
+    GuestNic, HostResolv, NetworkMode, NetworkState, hosts_file, mac_for, mac_text, resolv_conf,
+    write_in_place,
+};
+use crate::container::Container;
+use crate::{SandboxNet, Volume};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a container's network could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// passt failed.
+    #[error(transparent)]
+    Passt(#[from] PasstError),
+    /// Writing /etc/hosts or /etc/resolv.conf failed.
+    #[error("cannot write {0}")]
+    File(PathBuf, #[source] std::io::Error),
+    /// A user-defined network failed.
+    #[error(transparent)]
+    Network(#[from] super::store::NetworkError),
+}
+
+/// A container's network for one run.
+#[derive(Debug, Default)]
+pub struct Attachment {
+    /// The guest NIC and its backend (none with `--network none`).
+    pub sandbox: Option<SandboxNet>,
+    /// `/etc/hosts` and `/etc/resolv.conf`, shared from the container's
+    /// directory.
+    pub volumes: Vec<Volume>,
+    /// What `inspect` shows while it runs.
+    pub state: Option<NetworkState>,
+    passt: Option<Passt>,
+    bridge: Option<super::store::Endpoint>,
+}
+
+impl Attachment {
+    /// passt's pid, with the default network.
+    pub fn passt_pid(&self) -> Option<u32> {
+        self.passt.as_ref().map(Passt::pid)
+    }
+
+    /// Leaves the network (the TAP, proxies and address go; other
+    /// containers' `/etc/hosts` forget this one). Also done on drop.
+    pub fn detach(&mut self) {
+        self.passt = None;
+        if let Some(ep) = self.bridge.take() {
+            ep.leave();
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// The files the container's `/etc/hosts` and `/etc/resolv.conf` are.
+fn etc_files(c: &Container, hosts: &str, resolv: &str) -> Result<Vec<Volume>, AttachError> {
+    let mut v = Vec::new();
+    for (name, text, guest) in [
+        ("hosts", hosts, "/etc/hosts"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
+    ] {
+        let path = c.dir().join(name);
+        write_in_place(&path, text).map_err(|e| AttachError::File(path.clone(), e))?;
+        v.push(Volume {
+            host: path,
+            guest: guest.into(),
+            read_only: false,
+        });
+    }
+    Ok(v)
+}
+
+/// The names a container is known by on its network: its hostname, its
+/// name, its short id and its aliases.
+pub fn names_of(c: &Container) -> Vec<String> {
+    let mut v = vec![c.hostname()];
+    for n in [c.name.clone(), c.short_id().to_owned()]
+        .into_iter()
+        .chain(c.config.network.aliases.iter().cloned())
+    {
+        if !v.contains(&n) {
+            v.push(n);
+        }
+    }
+    v
+}
+
+/// Sets up the network of one run of `c` (`root`: the store's root).
+pub fn attach(root: &std::path::Path, c: &Container) -> Result<Attachment, AttachError> {
+    let cfg = &c.config.network;
+    match &cfg.mode {
+        NetworkMode::None => Ok(Attachment::default()),
+        NetworkMode::Default => {
+            let ports = super::passt::resolve_ports(&cfg.ports)?;
+            let (passt, fd) =
+                Passt::start(&ports, cfg.maps_host_loopback(), &c.dir().join("passt.log"))?;
+            let nic = GuestNic {
+                mac: mac_for(DEFAULT_GUEST_IP),
+                ip: DEFAULT_GUEST_IP,
+                prefix: DEFAULT_PREFIX,
+                gateway: Some(DEFAULT_GATEWAY),
+                mtu: DEFAULT_MTU,
+            };
+            let hosts = hosts_file(
+                Some((DEFAULT_GUEST_IP, &[c.hostname()])),
+                &[],
+                &cfg.extra_hosts,
+                DEFAULT_GATEWAY,
+            );
+            let resolv = resolv_conf(cfg, &[IpAddr::V4(DEFAULT_DNS)], &HostResolv::host());
+            let volumes = etc_files(c, &hosts, &resolv)?;
+            Ok(Attachment {
+                state: Some(NetworkState {
+                    network: DEFAULT_NETWORK.into(),
+                    network_id: DEFAULT_NETWORK.into(),
+                    ip: nic.ip,
+                    prefix: nic.prefix,
+                    gateway: nic.gateway,
+                    mac: mac_text(&nic.mac),
+                    mtu: nic.mtu,
+                    ports,
+                    backend: "passt".into(),
+                    interface: None,
+                }),
+                sandbox: Some(SandboxNet {
+                    nic,
+                    backend: crate::NetFd::Stream(Arc::new(fd)),
+                }),
+                volumes,
+                passt: Some(passt),
+                bridge: None,
+            })
+        }
+        NetworkMode::Named(id) => {
+            let ep = super::store::NetworkStore::open(root)?.join(id, c)?;
+            let nic = ep.nic();
+            let volumes = etc_files(c, &ep.hosts_text(), &ep.resolv_text())?;
+            ep.announce();
+            Ok(Attachment {
+                state: Some(ep.state()),
+                sandbox: Some(SandboxNet {
+                    nic,
+                    backend: crate::NetFd::Tap(ep.tap_fd()),
+                }),
+                volumes,
+                passt: None,
+                bridge: Some(ep),
+            })
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The host side of user-defined networks: a Linux bridge per network
+//! with the gateway address, nftables rules for NAT and isolation, and a
+//! TAP per VM on the bridge. Done with iproute2's `ip` and nftables' `nft`
+//! (as Docker drives iptables): every rule carries the comment
+//! `husk:<network id>` and is removed by handle with its network; the
+//! table `ip husk` goes with the last network, so the ruleset is as it was.
+//!
+//! Per network, in table `ip husk`:
+//! - chain `forward` (hook forward): traffic from this bridge to another
+//!   husk bridge is dropped (networks are isolated); an `--internal`
+//!   network drops everything that would leave its bridge;
+//! - chain `postrouting` (nat): traffic from the subnet that leaves by
+//!   another interface is masqueraded (outbound access).
+//!
+//! Traffic between containers of one network is bridged, not routed, and
+//! never reaches these chains (unless br_netfilter is loaded, where the
+//! rules above still let it pass).
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// Bridges are named `hkbr` and 10 hex digits of the network id.
+pub const BRIDGE_PREFIX: &str = "hkbr";
+/// TAPs are named `hktp` and 10 hex digits of the container id.
+pub const TAP_PREFIX: &str = "hktp";
+/// The nftables table (family ip).
+pub const TABLE: &str = "husk";
+
+/// Why a host network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A tool could not be run.
+    #[error("cannot run {tool} (from Debian's {package} package)")]
+    Tool {
+        /// The command.
+        tool: &'static str,
+        /// Where it comes from.
+        package: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("{command} failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// Enabling IP forwarding failed.
+    #[error("cannot enable IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")]
+    Forwarding(#[source] std::io::Error),
+    /// Opening the TAP failed.
+    #[error("cannot create the TAP {0}")]
+    Tap(String, #[source] std::io::Error),
+}
+
+fn run(tool: &'static str, package: &'static str, args: &[&str]) -> Result<String, BridgeError> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|source| BridgeError::Tool {
+            tool,
+            package,
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(BridgeError::Failed {
+            command: format!("{tool} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, BridgeError> {
+    run("ip", "iproute2", args)
+}
+
+fn nft(args: &[&str]) -> Result<String, BridgeError> {
+    run("nft", "nftables", args)
+}
+
+/// The bridge name of network `id`.
+pub fn bridge_name(id: &str) -> String {
+    format!("{BRIDGE_PREFIX}{}", &id[..10.min(id.len())])
+}
+
+/// The TAP name of container `id`.
+pub fn tap_name(id: &str) -> String {
+    format!("{TAP_PREFIX}{}", &id[..10.min(id.len())])
+}
+
+fn comment(id: &str) -> String {
+    format!("husk:{}", &id[..12.min(id.len())])
+}
+
+/// IPv4 networks the host routes already (so a new network's subnet does
+/// not shadow them): `(address, prefix)` from `ip -4 route`.
+pub fn host_routes() -> Vec<(Ipv4Addr, u8)> {
+    let Ok(text) = ip(&["-4", "route", "show", "table", "all"]) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let dst = l.split_whitespace().next()?;
+            if dst == "default" {
+                return None;
+            }
+            let (a, p) = dst.split_once('/').unwrap_or((dst, "32"));
+            Some((a.parse().ok()?, p.parse().ok().filter(|p: &u8| *p <= 32)?))
+        })
+        .collect()
+}
+
+/// Whether two IPv4 networks overlap.
+pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let p = a.1.min(b.1);
+    let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+    (u32::from(a.0) & mask) == (u32::from(b.0) & mask)
+}
+
+/// Creates network `id`'s bridge with `gateway/prefix` and its rules.
+pub fn create(
+    id: &str,
+    subnet: (Ipv4Addr, u8),
+    gateway: Ipv4Addr,
+    internal: bool,
+) -> Result<(), BridgeError> {
+    let br = bridge_name(id);
+    ip(&["link", "add", &br, "type", "bridge"])?;
+    let done = (|| {
+        ip(&["addr", "add", &format!("{gateway}/{}", subnet.1), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(BridgeError::Forwarding)?;
+        add_rules(id, subnet, internal)
+    })();
+    if done.is_err() {
+        let _ = remove(id);
+    }
+    done
+}
+
+fn add_rules(id: &str, subnet: (Ipv4Addr, u8), internal: bool) -> Result<(), BridgeError> {
+    let br = bridge_name(id);
+    let tag = comment(id);
+    let script = format!(
+        "table ip {TABLE} {{\n\
+         \tchain forward {{ type filter hook forward priority filter; policy accept; }}\n\
+         \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         }}\n"
+    );
+    nft_script(&script)?;
+    let mut rules = vec![format!(
+        "add rule ip {TABLE} forward iifname \"{br}\" oifname \"{BRIDGE_PREFIX}*\" oifname != \"{br}\" drop comment \"{tag}\"\n"
+    )];
+    if internal {
+        rules.push(format!(
+            "add rule ip {TABLE} forward iifname \"{br}\" oifname != \"{br}\" drop comment \"{tag}\"\n"
+        ));
+        rules.push(format!(
+            "add rule ip {TABLE} forward oifname \"{br}\" iifname != \"{br}\" drop comment \"{tag}\"\n"
+        ));
+    } else {
+        rules.push(format!(
+            "add rule ip {TABLE} postrouting ip saddr {}/{} oifname != \"{br}\" masquerade comment \"{tag}\"\n",
+            subnet.0, subnet.1
+        ));
+    }
+    nft_script(&rules.concat())
+}
+
+fn nft_script(script: &str) -> Result<(), BridgeError> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| BridgeError::Tool {
+            tool: "nft",
+            package: "nftables",
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|source| BridgeError::Tool {
+        tool: "nft",
+        package: "nftables",
+        source,
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BridgeError::Failed {
+            command: format!("nft -f - <<< {script:?}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Removes network `id`'s rules (by handle) and bridge; the table goes
+/// when no rule is left in it. Parts already gone are no error.
+pub fn remove(id: &str) -> Result<(), BridgeError> {
+    let tag = comment(id);
+    let mut first_err = None;
+    if let Ok(text) = nft(&["-a", "list", "table", "ip", TABLE]) {
+        let mut chain = String::new();
+        let mut left = 0;
+        for line in text.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix("chain ") {
+                chain = rest.trim_end_matches(" {").to_owned();
+                continue;
+            }
+            let Some((_, handle)) = t.rsplit_once("# handle ") else {
+                continue;
+            };
+            if t.starts_with("type ") || t.starts_with("chain ") || t.starts_with("table ") {
+                continue;
+            }
+            if t.contains(&format!("comment \"{tag}\"")) {
+                if let Err(e) = nft(&["delete", "rule", "ip", TABLE, &chain, "handle", handle.trim()])
+                {
+                    first_err.get_or_insert(e);
+                }
+            } else {
+                left += 1;
+            }
+        }
+        if left == 0
+            && let Err(e) = nft(&["delete", "table", "ip", TABLE])
+        {
+            first_err.get_or_insert(e);
+        }
+    }
+    let br = bridge_name(id);
+    if std::path::Path::new("/sys/class/net").join(&br).exists()
+        && let Err(e) = ip(&["link", "del", &br])
+    {
+        first_err.get_or_insert(e);
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Whether network `id`'s bridge exists.
+pub fn exists(id: &str) -> bool {
+    std::path::Path::new("/sys/class/net")
+        .join(bridge_name(id))
+        .exists()
+}
+
+/// Puts TAP `tap` on network `id`'s bridge and sets it up.
+pub fn plug(id: &str, tap: &str) -> Result<(), BridgeError> {
+    ip(&["link", "set", tap, "master", &bridge_name(id)])?;
+    ip(&["link", "set", tap, "up"])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_ifnamsiz() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(bridge_name(id), "hkbr0123456789");
+        assert!(bridge_name(id).len() <= 15);
+        assert!(tap_name(id).len() <= 15);
+    }
+
+    #[test]
+    fn overlap() {
+        let n = |s: &str, p| (s.parse::<Ipv4Addr>().unwrap(), p);
+        assert!(overlaps(n("10.89.1.0", 24), n("10.89.1.7", 32)));
+        assert!(overlaps(n("10.0.0.0", 8), n("10.89.1.0", 24)));
+        assert!(!overlaps(n("10.89.1.0", 24), n("10.89.2.0", 24)));
+        assert!(overlaps(n("0.0.0.0", 0), n("10.89.2.0", 24)));
+    }
+}
