@@ -34,6 +34,7 @@ fn husk_once(kernel: &std::path::Path, initrd: &std::path::Path) -> Sample {
         timeout: Some(Duration::from_secs(600)),
         vsock: None,
         fs: Vec::new(),
+        net: None,
         exit: None,
     })
     .expect("husk boot");

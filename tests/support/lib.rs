@@ -172,6 +172,7 @@ pub fn boot(kernel: &Path, initrd: &Path, cmdline: &str, vcpus: u8, timeout: Dur
         timeout: Some(timeout),
         vsock: None,
         fs: Vec::new(),
+        net: None,
         exit: None,
     });
     Boot {

@@ -411,6 +411,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout.map(Duration::from_secs),
         vsock: None,
         fs: args.shares,
+        net: None,
         exit: None,
     };
     let outcome = husk_vmm::run(config).context("cannot boot the guest")?;

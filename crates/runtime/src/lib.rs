@@ -448,6 +448,7 @@ impl Sandbox {
                 cid: husk_protocol::GUEST_CID,
             }),
             fs,
+            net: None,
             exit: None,
             net,
         };

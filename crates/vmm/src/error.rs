@@ -72,6 +72,9 @@ pub enum VmmError {
     /// A virtio-fs device could not be created.
     #[error("cannot create a virtio-fs device")]
     Fs(#[source] husk_devices::FsError),
+    /// The virtio-net device could not be created.
+    #[error("cannot create the virtio-net device")]
+    Net(#[source] husk_devices::NetError),
     /// Guest memory write.
     #[error("cannot write the {0} into guest memory")]
     GuestMemory(&'static str, #[source] vm_memory::GuestMemoryError),

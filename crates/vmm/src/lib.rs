@@ -19,5 +19,8 @@ pub mod x86_64;
 
 pub use error::VmmError;
 pub use host::HostKind;
+pub use husk_devices::virtio::net::{
+    NetBackend, NetConfig, NetCounters, NetStats, TapError, open_tap,
+};
 pub use husk_devices::{ExitNotifier, GuestExit};
 pub use vm::{CompatMode, FsShare, TAIL_LINES, Vm, VmConfig, VmControl, VmOutcome, VsockSpec, run};

@@ -69,6 +69,10 @@ pub struct VmConfig {
     /// Host directories shared with the guest over virtio-fs, one device
     /// each; the guest mounts one with `mount -t virtiofs <tag> <dir>`.
     pub fs: Vec<FsShare>,
+    /// A virtio-net device (after the vsock and virtio-fs devices on the
+    /// MMIO bus): the guest's MAC and MTU and the host-side backend (a
+    /// passt-framed Unix stream or a TAP).
+    pub net: Option<husk_devices::virtio::net::NetConfig>,
     /// Shared with the caller, who can stop the VM early by notifying it
     /// (the guest is then stopped as if it had powered off).
     pub exit: Option<ExitNotifier>,
@@ -169,6 +173,7 @@ impl std::fmt::Debug for VmConfig {
             .field("timeout", &self.timeout)
             .field("vsock", &self.vsock)
             .field("fs", &self.fs)
+            .field("net", &self.net)
             .finish_non_exhaustive()
     }
 }
@@ -394,6 +399,7 @@ pub const TAIL_LINES: usize = 30;
 pub struct Vm {
     control: VmControl,
     monitor: Option<JoinHandle<Result<VmOutcome, VmmError>>>,
+    net_stats: Option<Arc<husk_devices::NetStats>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -582,6 +588,12 @@ impl Vm {
             .map_err(VmmError::Fs)?;
             attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, placed, dev)?;
         }
+        let mut net_stats = None;
+        if let Some(net) = config.net {
+            let dev = husk_devices::Net::new(net).map_err(VmmError::Net)?;
+            net_stats = Some(dev.stats());
+            attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, placed, dev)?;
+        }
         cmdline.push(&config.cmdline_extra);
         let cmdline_str = cmdline.build()?;
         let mut kcmd =
@@ -722,6 +734,7 @@ impl Vm {
             Ok(h) => Ok(Vm {
                 control: VmControl { shared },
                 monitor: Some(h),
+                net_stats,
             }),
             // The monitor (with the devices) was dropped with the closure.
             Err(e) => {
@@ -729,6 +742,12 @@ impl Vm {
                 Err(VmmError::Thread(e))
             }
         }
+    }
+
+    /// The virtio-net device's counters and link state (a shared handle
+    /// that stays current), if the VM has one.
+    pub fn net_stats(&self) -> Option<Arc<husk_devices::NetStats>> {
+        self.net_stats.clone()
     }
 
     /// A handle to pause, resume or stop this VM from other threads.
@@ -853,6 +872,7 @@ mod tests {
             timeout: None,
             vsock: None,
             fs: Vec::new(),
+            net: None,
             exit: None,
         };
         let e = Vm::start(config).unwrap_err();

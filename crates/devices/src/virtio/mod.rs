@@ -1,5 +1,5 @@
 //! virtio: the virtio-mmio transport ([`MmioTransport`]) and the devices
-//! behind it ([`vsock::Vsock`], [`fs::Fs`]).
+//! behind it ([`vsock::Vsock`], [`fs::Fs`], [`net::Net`]).
 //!
 //! A device implements [`VirtioDevice`]; the transport owns it, decodes the
 //! guest's register accesses, negotiates features, collects the queue
@@ -22,6 +22,7 @@
 pub mod fs;
 mod interrupt;
 mod mmio;
+pub mod net;
 pub mod vsock;
 
 pub use interrupt::Interrupt;
@@ -33,6 +34,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device ids (virtio 1.2, 5).
 pub mod device_type {
+    /// virtio-net.
+    pub const NET: u32 = 1;
     /// virtio-vsock.
     pub const VSOCK: u32 = 19;
     /// virtio-fs.
@@ -114,6 +117,9 @@ pub enum ActivateError {
     /// serves nothing.
     #[error("cannot jail the device's worker thread")]
     Jail(#[source] fs::JailError),
+    /// The device's host-side backend could not be set up, or was lost.
+    #[error("cannot set up the device's backend")]
+    Backend(#[source] std::io::Error),
     /// The device's worker thread ended before it reported it was ready.
     #[error("the device's worker thread died while starting")]
     ThreadDied,
