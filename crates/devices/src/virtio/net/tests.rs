@@ -478,6 +478,28 @@ fn mrg_rxbuf_spreads_a_65520_byte_frame_over_4k_buffers() {
 }
 
 #[test]
+fn rx_resumes_on_any_wake_up_and_then_waits_on_the_backend_again() {
+    let mut d = Driver::new();
+    let mut rig = Rig::new(&d, MRG);
+    rig.peer.write_all(&framed(&frame(100, 1))).unwrap();
+    rig.pump_q(RX);
+    assert!(rig.worker.rx_blocked());
+    // Buffers arrive, but the wake-up is a TX notification.
+    d.add_rx(4, 4096);
+    rig.pump_q(TX);
+    assert_eq!(d.recv().len(), 1);
+    assert!(!rig.worker.rx_blocked());
+    // No notification at all now: the readable backend wakes the worker.
+    rig.peer.write_all(&framed(&frame(200, 2))).unwrap();
+    for _ in 0..4 {
+        rig.worker.step(Some(Duration::from_millis(50))).unwrap();
+    }
+    let got = d.recv();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, frame(200, 2));
+}
+
+#[test]
 fn without_mrg_rxbuf_a_frame_too_big_for_the_buffer_is_dropped() {
     let mut d = Driver::new();
     let mut rig = Rig::new(&d, 0);

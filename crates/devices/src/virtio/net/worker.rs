@@ -310,6 +310,10 @@ impl Worker {
     /// Gives the guest what the backend has, while it has buffers.
     fn process_rx(&mut self) -> bool {
         let mut used = false;
+        // Buffers may have come without an RX notification (this wake-up
+        // is for TX, say): try again, and wait on the backend again unless
+        // the head frame still finds no room.
+        self.rx_blocked = false;
         // Each turn reads the backend, or consumes or drops a frame.
         for _ in 0..2 * usize::from(self.rxq.size()) {
             if !self.backend.alive() {
