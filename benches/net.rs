@@ -313,9 +313,7 @@ fn main() {
         "\nnetwork: {mib} MiB per transfer, {rtts} round trips (median); host: {}\n",
         husk_vmm::host::detect()
     );
-    println!(
-        "| path | throughput MB/s | request/response µs | notes |\n| --- | --- | --- | --- |"
-    );
+    println!("| path | throughput MB/s | request/response µs | notes |\n| --- | --- | --- | --- |");
     for r in rows {
         println!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
     }

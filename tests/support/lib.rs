@@ -351,6 +351,7 @@ pub fn husk_vm_args() -> Vec<String> {
 
 /// The `husk` binary driven as a user types it, on a store of its own
 /// (`--root`), printing each command's exit status and duration.
+#[derive(Debug)]
 pub struct Cli {
     /// The `husk` binary.
     pub bin: PathBuf,

@@ -77,7 +77,13 @@ fn field(c: &Container, name: &str, now: i64) -> Option<String> {
         "Status" => status(c, now),
         "State" => c.state.status.word().to_string(),
         "Ports" => ports(c),
-        "Networks" => if c.config.network.mode == husk_runtime::net::NetworkMode::None { "none".into() } else { String::new() },
+        "Networks" => {
+            if c.config.network.mode == husk_runtime::net::NetworkMode::None {
+                "none".into()
+            } else {
+                String::new()
+            }
+        }
         _ => return None,
     })
 }
@@ -526,6 +532,7 @@ mod tests {
             auto_remove: false,
             rootfs_via: Default::default(),
             vm: Default::default(),
+            network: Default::default(),
         };
         let c = store.create(Some("web"), config).unwrap();
         let t = table(std::slice::from_ref(&c), c.created as i64 + 5);

@@ -113,10 +113,7 @@ fn tools_dir() -> PathBuf {
     let d = husk_e2e::scratch("net-tools");
     let out = d.join("udp_echo");
     if !out.exists() {
-        husk_e2e::compile_static_c(
-            &husk_e2e::repo_root().join("tests/guest/udp_echo.c"),
-            &out,
-        );
+        husk_e2e::compile_static_c(&husk_e2e::repo_root().join("tests/guest/udp_echo.c"), &out);
     }
     d
 }
@@ -143,7 +140,10 @@ fn bad_network_options_are_refused_before_anything_boots() {
         (&["--network", "nosuch"], "network nosuch not found"),
         (&["--network", "host"], "--network host is not supported"),
         (&["--add-host", "nocolon"], "bad format for add-host"),
-        (&["--add-host", "x:not-an-ip"], "invalid IP address in add-host"),
+        (
+            &["--add-host", "x:not-an-ip"],
+            "invalid IP address in add-host",
+        ),
         (&["--dns", "bogus"], "is not an ip address"),
         (
             &["--network-alias", "a"],
@@ -173,7 +173,10 @@ fn bad_network_options_are_refused_before_anything_boots() {
         "{}",
         text(&o.stderr)
     );
-    assert!(t0.elapsed() < Duration::from_secs(20), "these must not boot a VM");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "these must not boot a VM"
+    );
     eprintln!(
         "bad_network_options_are_refused_before_anything_boots: {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -220,7 +223,8 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
     );
     // And UDP.
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-    u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut buf = [0u8; 64];
     let got = loop {
@@ -237,12 +241,20 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
     assert!(ps.contains(&format!("0.0.0.0:{tcp}->8080/tcp")), "{ps}");
     assert!(ps.contains(&format!("127.0.0.1:{udp}->9999/udp")), "{ps}");
     let port = h.ok(&["port", "web"]);
-    assert!(port.contains(&format!("8080/tcp -> 0.0.0.0:{tcp}")), "{port}");
-    assert!(port.contains(&format!("9999/udp -> 127.0.0.1:{udp}")), "{port}");
+    assert!(
+        port.contains(&format!("8080/tcp -> 0.0.0.0:{tcp}")),
+        "{port}"
+    );
+    assert!(
+        port.contains(&format!("9999/udp -> 127.0.0.1:{udp}")),
+        "{port}"
+    );
     let picked = h.ok(&["port", "web", "8080/tcp"]);
     assert!(picked.contains(&format!("0.0.0.0:{tcp}")), "{picked}");
     assert!(
-        picked.lines().any(|l| l.starts_with("127.0.0.1:") && !l.ends_with(":0")),
+        picked
+            .lines()
+            .any(|l| l.starts_with("127.0.0.1:") && !l.ends_with(":0")),
         "-p 127.0.0.1::8080 got a host port: {picked}"
     );
     let v: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
@@ -276,7 +288,11 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
     assert!(!inside.contains("loopback-secret"), "{inside}");
     assert!(!inside.contains("GW=0"), "{inside}");
     assert!(!inside.contains("LO=0"), "{inside}");
-    assert_eq!(lo_hits.load(Ordering::SeqCst), 0, "the host loopback was reached");
+    assert_eq!(
+        lo_hits.load(Ordering::SeqCst),
+        0,
+        "the host loopback was reached"
+    );
 
     // Removal leaves no passt behind.
     let dir = h.root.join("containers").join(&id);
@@ -312,7 +328,13 @@ fn network_none_has_only_loopback() {
         .split_whitespace()
         .collect();
     assert_eq!(links, ["lo"], "{out}");
-    let routes = out.split("ROUTES").nth(1).unwrap().split("END").next().unwrap();
+    let routes = out
+        .split("ROUTES")
+        .nth(1)
+        .unwrap()
+        .split("END")
+        .next()
+        .unwrap();
     assert!(routes.trim().is_empty(), "{out}");
     assert!(out.contains("LO-UP"), "lo is not up: {out}");
     eprintln!(
@@ -323,10 +345,16 @@ fn network_none_has_only_loopback() {
 
 /// What a user-defined network may leave behind on the host.
 fn host_footprint(root: &str) -> (Vec<String>, String, Vec<String>) {
-    let links = text(&Command::new("ip").args(["-o", "link"]).output().unwrap().stdout)
-        .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_owned()))
-        .collect();
+    let links = text(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .lines()
+    .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_owned()))
+    .collect();
     let rules = text(
         &Command::new("nft")
             .args(["list", "ruleset"])
@@ -360,9 +388,12 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
     assert!(ls.contains(" n1 ") && ls.contains(" n2 "), "{ls}");
     let dup = h.out(&["network", "create", "n1"]);
     assert!(!dup.status.success());
-    assert!(text(&dup.stderr).contains("already exists"), "{}", text(&dup.stderr));
-    let v: serde_json::Value =
-        serde_json::from_str(&h.ok(&["network", "inspect", "n2"])).unwrap();
+    assert!(
+        text(&dup.stderr).contains("already exists"),
+        "{}",
+        text(&dup.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&h.ok(&["network", "inspect", "n2"])).unwrap();
     assert_eq!(v[0]["IPAM"]["Config"][0]["Subnet"], "10.89.200.0/24");
 
     let tcp = free_port();

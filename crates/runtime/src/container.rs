@@ -923,6 +923,7 @@ mod tests {
             auto_remove: false,
             rootfs_via: crate::RootfsVia::VirtioFs,
             vm: VmSettings::default(),
+            network: Default::default(),
         }
     }
 

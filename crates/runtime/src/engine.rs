@@ -12,14 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use husk_protocol::{RunSpec, TermSize};
 
-use crate::net::store::{CreateNetwork, Network, NetworkStore};
-use crate::net::{NetworkConfig, NetworkMode};
 use crate::container::{
     Container, ContainerConfig, ContainerError, ContainerStore, RestartPolicy, Status, VmSettings,
     monitor_alive,
 };
 use crate::control::{self, CtlEvent, CtlRequest, MonitorStats, Session};
 use crate::logs::{self, Entry, LogConfig, LogError, ReadOptions};
+use crate::net::store::{CreateNetwork, Network, NetworkStore};
+use crate::net::{NetworkConfig, NetworkMode};
 use crate::{RootfsVia, Volume};
 
 /// Errors of the lifecycle API.
@@ -477,9 +477,7 @@ impl Engine {
         };
         let mut exposed = Vec::new();
         for e in image_exposed.iter().chain(&opts.expose) {
-            exposed.extend(
-                crate::net::ports::parse_exposed(e).map_err(|e| bad(e.to_string()))?,
-            );
+            exposed.extend(crate::net::ports::parse_exposed(e).map_err(|e| bad(e.to_string()))?);
         }
         exposed.sort();
         exposed.dedup();
@@ -489,7 +487,9 @@ impl Engine {
         }
         if opts.publish_all {
             for (port, proto) in &exposed {
-                if !ports.iter().any(|b: &crate::net::PortBinding| b.container_port == *port && b.proto == *proto) {
+                if !ports.iter().any(|b: &crate::net::PortBinding| {
+                    b.container_port == *port && b.proto == *proto
+                }) {
                     ports.push(crate::net::PortBinding {
                         host_ip: None,
                         host_port: 0,
@@ -507,9 +507,10 @@ impl Engine {
         }
         let mut dns = Vec::new();
         for d in &opts.dns {
-            dns.push(d.parse::<std::net::IpAddr>().map_err(|_| {
-                bad(format!("{d} is not an ip address (--dns)"))
-            })?);
+            dns.push(
+                d.parse::<std::net::IpAddr>()
+                    .map_err(|_| bad(format!("{d} is not an ip address (--dns)")))?,
+            );
         }
         let mut extra_hosts = Vec::new();
         for h in &opts.add_host {
@@ -526,13 +527,17 @@ impl Engine {
             extra_hosts.push((name.to_owned(), ip.to_owned()));
         }
         for d in opts.dns_search.iter().chain(&opts.dns_option) {
-            if d.is_empty() || d.len() > 253 || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if d.is_empty()
+                || d.len() > 253
+                || d.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(bad(format!("invalid DNS search domain or option {d:?}")));
             }
         }
         if !opts.network_alias.is_empty() && !matches!(mode, NetworkMode::Named(_)) {
             return Err(bad(
-                "network-scoped aliases are supported only for containers in user-defined networks".into(),
+                "network-scoped aliases are supported only for containers in user-defined networks"
+                    .into(),
             ));
         }
         for a in &opts.network_alias {
@@ -645,7 +650,9 @@ impl Engine {
         }
         for a in aliases {
             if !crate::net::valid_host_name(a) {
-                return Err(EngineError::BadInput(format!("invalid network alias {a:?}")));
+                return Err(EngineError::BadInput(format!(
+                    "invalid network alias {a:?}"
+                )));
             }
         }
         let id = net.id.clone();

@@ -419,7 +419,9 @@ impl Sandbox {
                     mac: n.nic.mac,
                     mtu: n.nic.mtu,
                     backend: match &n.backend {
-                        NetFd::Stream(fd) => husk_devices::virtio::net::NetBackend::Stream(dup(fd)?),
+                        NetFd::Stream(fd) => {
+                            husk_devices::virtio::net::NetBackend::Stream(dup(fd)?)
+                        }
                         NetFd::Tap(fd) => husk_devices::virtio::net::NetBackend::Tap(dup(fd)?),
                     },
                 })
@@ -448,7 +450,6 @@ impl Sandbox {
                 cid: husk_protocol::GUEST_CID,
             }),
             fs,
-            net: None,
             exit: None,
             net,
         };

@@ -132,7 +132,13 @@ pub fn create(
     let br = bridge_name(id);
     ip(&["link", "add", &br, "type", "bridge"])?;
     let done = (|| {
-        ip(&["addr", "add", &format!("{gateway}/{}", subnet.1), "dev", &br])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/{}", subnet.1),
+            "dev",
+            &br,
+        ])?;
         ip(&["link", "set", &br, "up"])?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(BridgeError::Forwarding)?;
         add_rules(id, subnet, internal)
@@ -188,11 +194,13 @@ fn nft_script(script: &str) -> Result<(), BridgeError> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(script.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|source| BridgeError::Tool {
-        tool: "nft",
-        package: "nftables",
-        source,
-    })?;
+    let out = child
+        .wait_with_output()
+        .map_err(|source| BridgeError::Tool {
+            tool: "nft",
+            package: "nftables",
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -224,8 +232,15 @@ pub fn remove(id: &str) -> Result<(), BridgeError> {
                 continue;
             }
             if t.contains(&format!("comment \"{tag}\"")) {
-                if let Err(e) = nft(&["delete", "rule", "ip", TABLE, &chain, "handle", handle.trim()])
-                {
+                if let Err(e) = nft(&[
+                    "delete",
+                    "rule",
+                    "ip",
+                    TABLE,
+                    &chain,
+                    "handle",
+                    handle.trim(),
+                ]) {
                     first_err.get_or_insert(e);
                 }
             } else {

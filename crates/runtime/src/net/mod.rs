@@ -20,8 +20,9 @@
 pub mod attach;
 pub mod bridge;
 pub mod passt;
-pub mod store;
 pub mod ports;
+pub mod proxy;
+pub mod store;
 
 pub use ports::{PortBinding, Proto};
 

@@ -83,7 +83,7 @@ pub enum NetworkError {
     Corrupt(PathBuf, #[source] serde_json::Error),
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError + '_ {
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> NetworkError + 'a {
     move |source| NetworkError::Io {
         op,
         path: path.to_owned(),
@@ -230,7 +230,11 @@ fn is_root() -> bool {
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), NetworkError> {
-    let bad = || NetworkError::BadInput(format!("invalid subnet {s:?}: expected A.B.C.D/P (IPv4, P from 16 to 29)"));
+    let bad = || {
+        NetworkError::BadInput(format!(
+            "invalid subnet {s:?}: expected A.B.C.D/P (IPv4, P from 16 to 29)"
+        ))
+    };
     let (a, p) = s.split_once('/').ok_or_else(bad)?;
     let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
     let p: u8 = p.parse().map_err(|_| bad())?;
@@ -273,7 +277,8 @@ impl NetworkStore {
 
     fn write<T: Serialize>(path: &Path, v: &T) -> Result<(), NetworkError> {
         let tmp = path.with_extension("tmp");
-        let bytes = serde_json::to_vec_pretty(v).map_err(|e| NetworkError::Corrupt(path.to_owned(), e))?;
+        let bytes =
+            serde_json::to_vec_pretty(v).map_err(|e| NetworkError::Corrupt(path.to_owned(), e))?;
         std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
         std::fs::rename(&tmp, path).map_err(io("write", path))
     }
@@ -298,11 +303,12 @@ impl NetworkStore {
         if let Some(n) = all.iter().find(|n| n.name == query || n.id == query) {
             return Ok(n.clone());
         }
-        let by_prefix: Vec<&Network> = if query.len() >= 3 && query.bytes().all(|b| b.is_ascii_hexdigit()) {
-            all.iter().filter(|n| n.id.starts_with(query)).collect()
-        } else {
-            Vec::new()
-        };
+        let by_prefix: Vec<&Network> =
+            if query.len() >= 3 && query.bytes().all(|b| b.is_ascii_hexdigit()) {
+                all.iter().filter(|n| n.id.starts_with(query)).collect()
+            } else {
+                Vec::new()
+            };
         match by_prefix.as_slice() {
             [one] => Ok((*one).clone()),
             _ => Err(NetworkError::NotFound(query.to_owned())),
@@ -346,7 +352,9 @@ impl NetworkStore {
             return Err(NetworkError::Exists(name.to_owned()));
         }
         if all.len() >= MAX_NETWORKS {
-            return Err(NetworkError::BadInput(format!("at most {MAX_NETWORKS} networks")));
+            return Err(NetworkError::BadInput(format!(
+                "at most {MAX_NETWORKS} networks"
+            )));
         }
         let taken: Vec<(Ipv4Addr, u8)> = all
             .iter()
@@ -383,9 +391,8 @@ impl NetworkStore {
             }
             None => Ipv4Addr::from(u32::from(subnet.0) + 1),
         };
-        let id = crate::container::new_id().map_err(|e| {
-            NetworkError::BadInput(format!("cannot make an id: {e}"))
-        })?;
+        let id = crate::container::new_id()
+            .map_err(|e| NetworkError::BadInput(format!("cannot make an id: {e}")))?;
         let net = Network {
             id: id.clone(),
             name: name.to_owned(),
@@ -464,7 +471,12 @@ impl NetworkStore {
                 .filter(|e| e.container_id != me.container_id)
                 .map(|e| (e.ip, e.names.clone()))
                 .collect();
-            let text = hosts_file(Some((me.ip, &me.names)), &peers, &me.extra_hosts, net.gateway);
+            let text = hosts_file(
+                Some((me.ip, &me.names)),
+                &peers,
+                &me.extra_hosts,
+                net.gateway,
+            );
             if let Err(e) = write_in_place(&me.hosts_file, &text) {
                 log::warn!("cannot update {}: {e}", me.hosts_file.display());
             }
@@ -513,7 +525,11 @@ impl NetworkStore {
             extra_hosts: c.config.network.extra_hosts.clone(),
             owner,
         };
-        let path = self.dir.join(&net.id).join("endpoints").join(format!("{}.json", c.id));
+        let path = self
+            .dir
+            .join(&net.id)
+            .join("endpoints")
+            .join(format!("{}.json", c.id));
         Self::write(&path, &record)?;
         drop(lock);
         let mut ep = Endpoint {
@@ -667,12 +683,21 @@ mod tests {
         assert!(!valid_name("-x"));
         assert!(!valid_name(""));
         assert!(!valid_name("a/b"));
-        assert_eq!(parse_cidr("10.1.2.3/24").unwrap(), ("10.1.2.0".parse().unwrap(), 24));
+        assert_eq!(
+            parse_cidr("10.1.2.3/24").unwrap(),
+            ("10.1.2.0".parse().unwrap(), 24)
+        );
         for bad in ["10.1.2.3", "10.1.2.3/8", "10.1.2.3/30", "x/24", "10.1.2.3/"] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
-        assert!(in_subnet("10.89.3.7".parse().unwrap(), ("10.89.3.0".parse().unwrap(), 24)));
-        assert!(!in_subnet("10.89.4.7".parse().unwrap(), ("10.89.3.0".parse().unwrap(), 24)));
+        assert!(in_subnet(
+            "10.89.3.7".parse().unwrap(),
+            ("10.89.3.0".parse().unwrap(), 24)
+        ));
+        assert!(!in_subnet(
+            "10.89.4.7".parse().unwrap(),
+            ("10.89.3.0".parse().unwrap(), 24)
+        ));
     }
 
     #[test]
@@ -699,7 +724,10 @@ mod tests {
         assert!(matches!(s.find("ab"), Err(NetworkError::NotFound(_))));
         let j = net.inspect_json(&[]);
         assert_eq!(j["IPAM"]["Config"][0]["Subnet"], "10.89.9.0/24");
-        assert_eq!(j["Options"]["com.docker.network.bridge.name"], "hkbrabababab");
+        assert_eq!(
+            j["Options"]["com.docker.network.bridge.name"],
+            "hkbrababababab"
+        );
         // An endpoint of a process that is gone is reclaimed.
         let rec = EndpointRecord {
             container_id: "c".repeat(64),
