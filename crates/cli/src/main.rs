@@ -1,5 +1,6 @@
 //! The `husk` command.
 
+mod build;
 mod containers;
 mod images;
 mod network;
@@ -37,6 +38,8 @@ enum Command {
     Boot(BootArgs),
     /// Run a command in a new container, in its own microVM.
     Run(run::RunArgs),
+    /// Build an image from a Dockerfile (each RUN step in its own microVM).
+    Build(build::BuildArgs),
     /// Create a container without starting it.
     Create(run::RunArgs),
     /// Start stopped containers (in the background; -a to attach).
@@ -514,6 +517,7 @@ fn main() -> ExitCode {
             Command::Boot(args) => boot(args),
             Command::Host => Ok(host()),
             Command::Run(args) => run::run(args, cli.root),
+            Command::Build(args) => build::build(args, cli.root),
             Command::Create(args) => run::create(args, cli.root),
             Command::Start(args) => run::start(args, cli.root),
             Command::Attach(args) => run::attach(args, cli.root),

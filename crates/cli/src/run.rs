@@ -215,7 +215,7 @@ pub enum RootfsViaArg {
     Initramfs,
 }
 
-fn vm_settings(vm: &VmArgs) -> anyhow::Result<VmSettings> {
+pub fn vm_settings(vm: &VmArgs) -> anyhow::Result<VmSettings> {
     let kernel = husk_runtime::agent::find_kernel(vm.kernel.clone())?;
     let agent = husk_runtime::agent::find_agent(vm.agent.clone())?;
     let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);

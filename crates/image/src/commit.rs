@@ -58,6 +58,13 @@ pub enum CommitError {
         #[source]
         source: serde_json::Error,
     },
+    /// A config or manifest could not be encoded.
+    #[error("cannot encode the image's config or manifest")]
+    Encode {
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -114,12 +121,31 @@ pub fn layer_from_upper(
     };
     let upper_fd = tree::open_root(upper).map_err(fail)?;
     let lower_fd = tree::open_root(lower).map_err(fail)?;
+    gzip_layer(out, upper, |plain| {
+        let mut tar = TarOut::new(plain);
+        if let Some(u) = &upper_fd {
+            walk_upper(&mut tar, u, lower_fd.as_ref(), b"", 0)?;
+        }
+        tar.tar.into_inner().map_err(fail)?;
+        Ok(())
+    })
+}
+
+/// Compresses the tar that `write` produces into `out` with gzip (no time in
+/// the header, so equal tars give equal blobs), hashing both forms.
+fn gzip_layer(
+    out: impl Write,
+    what: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), CommitError>,
+) -> Result<LayerInfo, CommitError> {
+    let fail = |source| CommitError::Layer {
+        path: what.to_path_buf(),
+        source,
+    };
     let gz = flate2::write::GzEncoder::new(hashing(out), flate2::Compression::default());
-    let mut tar = TarOut::new(hashing(gz));
-    if let Some(u) = &upper_fd {
-        walk_upper(&mut tar, u, lower_fd.as_ref(), b"", 0)?;
-    }
-    let plain = tar.tar.into_inner().map_err(fail)?;
+    let mut plain = hashing(gz);
+    write(&mut plain)?;
+    plain.flush().map_err(fail)?;
     let diff_id = Digest::from_hasher(plain.hasher);
     let mut compressed = plain.inner.finish().map_err(fail)?;
     compressed.flush().map_err(fail)?;
@@ -128,6 +154,95 @@ pub fn layer_from_upper(
         digest: Digest::from_hasher(compressed.hasher),
         size: compressed.count,
     })
+}
+
+/// Stores a layer whose uncompressed tar `write` produces (gzip-compressed,
+/// as [`layer_from_upper`] writes it); `what` names its source in errors.
+/// Hold a [`Store::gc_guard`] until an image names the layer.
+pub fn store_layer(
+    store: &Store,
+    what: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), CommitError>,
+) -> Result<LayerInfo, CommitError> {
+    let mut w = store.blob_writer()?;
+    let info = gzip_layer(&mut w, what, write)?;
+    w.commit(Some(&info.digest), Some(info.size))?;
+    Ok(info)
+}
+
+/// Stores the layer of a container's writable layer `upper` over `lower`
+/// (see [`layer_from_upper`]). Hold a [`Store::gc_guard`] until an image
+/// names the layer.
+pub fn store_upper_layer(
+    store: &Store,
+    upper: &Path,
+    lower: &Path,
+) -> Result<LayerInfo, CommitError> {
+    let mut w = store.blob_writer()?;
+    let info = layer_from_upper(upper, lower, &mut w)?;
+    w.commit(Some(&info.digest), Some(info.size))?;
+    Ok(info)
+}
+
+/// A descriptor of a gzip layer of `info`, of the media type for `docker`
+/// (schema2) or OCI manifests.
+pub fn layer_descriptor(info: &LayerInfo, docker: bool) -> Descriptor {
+    let media_type = if docker {
+        spec::DOCKER_LAYER_GZIP
+    } else {
+        spec::OCI_LAYER_GZIP
+    };
+    Descriptor {
+        media_type: media_type.to_string(),
+        digest: info.digest.clone(),
+        size: info.size,
+        platform: None,
+        annotations: Default::default(),
+        urls: Vec::new(),
+    }
+}
+
+/// Stores `config_bytes` (a whole image config, whose digest is the image
+/// id) and a manifest over `layers` (in Docker's schema2 media types with
+/// `docker`, else OCI's), and records the image under `names` (full
+/// references; none: unnamed). The layers' blobs must be in the store.
+/// Returns the stored image.
+pub fn put_image(
+    store: &Store,
+    config_bytes: &[u8],
+    layers: &[Descriptor],
+    docker: bool,
+    names: &[String],
+) -> Result<Image, CommitError> {
+    let bad = |source| CommitError::Encode { source };
+    let config_digest = store.put_blob(config_bytes)?;
+    let (manifest_type, config_type) = if docker {
+        (spec::DOCKER_MANIFEST, spec::DOCKER_CONFIG)
+    } else {
+        (spec::OCI_MANIFEST, spec::OCI_CONFIG)
+    };
+    let desc = |media_type: &str, digest: Digest, size: u64| Descriptor {
+        media_type: media_type.to_string(),
+        digest,
+        size,
+        platform: None,
+        annotations: Default::default(),
+        urls: Vec::new(),
+    };
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": desc(config_type, config_digest.clone(), config_bytes.len() as u64),
+        "layers": layers,
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(bad)?;
+    let manifest_digest = store.put_blob(&manifest_bytes)?;
+    store.add_image(
+        &desc(manifest_type, manifest_digest, manifest_bytes.len() as u64),
+        names,
+        None,
+    )?;
+    Ok(store.resolve(&config_digest.to_string())?)
 }
 
 /// Is `path` (relative to the root) one of the guest agent's mount points?
@@ -335,8 +450,9 @@ impl CommitChanges {
         Ok(CommitChanges { changes })
     }
 
-    /// Applies the changes to a config's `config` object.
-    fn apply(&self, cfg: &mut serde_json::Map<String, Value>) {
+    /// Applies the changes, in order, to an image config's `config` object
+    /// (`husk commit --change`; `husk build` for its config instructions).
+    pub fn apply(&self, cfg: &mut serde_json::Map<String, Value>) {
         for c in &self.changes {
             match c {
                 Change::Cmd(v) => {
@@ -463,9 +579,7 @@ pub fn commit(
         None => None,
     };
     let _gc = store.gc_guard()?;
-    let mut w = store.blob_writer()?;
-    let info = layer_from_upper(upper, lower, &mut w)?;
-    w.commit(Some(&info.digest), Some(info.size))?;
+    let info = store_upper_layer(store, upper, lower)?;
 
     let bad = |source| CommitError::BadConfig {
         image: base.id.clone(),
@@ -517,41 +631,15 @@ pub fn commit(
         Some(h) => h.push(entry),
         None => *history = json!([entry]),
     }
-    let config_bytes = serde_json::to_vec(&config).map_err(bad)?;
-    let config_digest = store.put_blob(&config_bytes)?;
-
     let docker = base.manifest.media_type.as_deref() == Some(spec::DOCKER_MANIFEST);
-    let (manifest_type, config_type, layer_type) = if docker {
-        (
-            spec::DOCKER_MANIFEST,
-            spec::DOCKER_CONFIG,
-            spec::DOCKER_LAYER_GZIP,
-        )
-    } else {
-        (spec::OCI_MANIFEST, spec::OCI_CONFIG, spec::OCI_LAYER_GZIP)
-    };
-    let desc = |media_type: &str, digest: Digest, size: u64| Descriptor {
-        media_type: media_type.to_string(),
-        digest,
-        size,
-        platform: None,
-        annotations: Default::default(),
-        urls: Vec::new(),
-    };
     let mut layers = base.manifest.layers.clone();
-    layers.push(desc(layer_type, info.digest.clone(), info.size));
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": manifest_type,
-        "config": desc(config_type, config_digest.clone(), config_bytes.len() as u64),
-        "layers": layers,
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(bad)?;
-    let manifest_digest = store.put_blob(&manifest_bytes)?;
-    store.add_image(
-        &desc(manifest_type, manifest_digest, manifest_bytes.len() as u64),
+    layers.push(layer_descriptor(&info, docker));
+    let config_bytes = serde_json::to_vec(&config).map_err(bad)?;
+    put_image(
+        store,
+        &config_bytes,
+        &layers,
+        docker,
         &name.into_iter().collect::<Vec<_>>(),
-        None,
-    )?;
-    Ok(store.resolve(&config_digest.to_string())?)
+    )
 }

@@ -77,7 +77,8 @@ mod tree;
 pub mod unpack;
 
 pub use commit::{
-    Change, CommitChanges, CommitError, CommitOptions, LayerInfo, commit, layer_from_upper,
+    Change, CommitChanges, CommitError, CommitOptions, LayerInfo, commit, layer_descriptor,
+    layer_from_upper, put_image, store_layer, store_upper_layer,
 };
 pub use df::{ContainerUsage, UsageRow, dir_size, disk_usage, disk_usage_table};
 pub use digest::Digest;
@@ -94,5 +95,5 @@ pub use reference::Reference;
 pub use registry::{RegistryError, RegistryOptions, login, logout};
 pub use save::{SaveError, save};
 pub use sizes::SizeError;
-pub use store::{Image, ImageSummary, Rootfs, Store, StoreError};
+pub use store::{GcGuard, Image, ImageSummary, Rootfs, Store, StoreError};
 pub use unpack::{UnpackError, UnpackLimits, Unpacker};

@@ -157,6 +157,11 @@ impl Default for StoreIndex {
     }
 }
 
+/// Keeps garbage collection from running while it lives (see
+/// [`Store::gc_guard`]): blobs written meanwhile survive until named.
+#[derive(Debug)]
+pub struct GcGuard(#[allow(dead_code)] FileLock);
+
 /// An image in the store.
 #[derive(Clone, Debug)]
 pub struct Image {
@@ -380,10 +385,13 @@ impl Store {
         w.commit(Some(&d), None)
     }
 
-    /// Takes the lock that keeps garbage collection away while new blobs are unnamed.
-    pub(crate) fn gc_guard(&self) -> Result<FileLock, StoreError> {
+    /// Takes the lock that keeps garbage collection away while new blobs are
+    /// unnamed (a pull, a load, a build between its first layer and its tag).
+    pub fn gc_guard(&self) -> Result<GcGuard, StoreError> {
         let p = self.root.join("gc.lock");
-        FileLock::shared(&p).map_err(io_err("lock", &p))
+        FileLock::shared(&p)
+            .map(GcGuard)
+            .map_err(io_err("lock", &p))
     }
 
     fn read_index(&self) -> Result<StoreIndex, StoreError> {

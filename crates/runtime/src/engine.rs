@@ -370,7 +370,7 @@ impl Engine {
         opts: &CreateOptions,
         progress: &dyn husk_image::Progress,
     ) -> Result<Container, EngineError> {
-        let (volumes, log, mem_size) = self.checked(opts)?;
+        let checked = self.checked(opts)?;
         let (image, image_id, rootfs, spec, image_stop) = match &opts.rootfs {
             Some(dir) => {
                 if opts.entrypoint.is_some() {
@@ -424,7 +424,69 @@ impl Engine {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let network = self.network_config(opts, &image_exposed)?;
+        self.record(
+            opts,
+            checked,
+            (image, image_id, rootfs),
+            spec,
+            image_stop,
+            &image_exposed,
+        )
+    }
+
+    /// Creates a container on an image the caller holds rather than one
+    /// named in the store: an image built step by step (`husk build`'s
+    /// intermediate images are not in the store's index). The process is
+    /// worked out from `image`'s config and `opts` as [`Engine::create`]
+    /// does; `opts.image` is only the label `ps` shows. The container
+    /// records no image id: its root is `rootfs`, whose lease the caller
+    /// keeps until the container is removed.
+    pub fn create_on(
+        &self,
+        opts: &CreateOptions,
+        image: &husk_image::Image,
+        rootfs: &husk_image::Rootfs,
+    ) -> Result<Container, EngineError> {
+        let checked = self.checked(opts)?;
+        if opts.rootfs.is_some() {
+            return Err(EngineError::BadInput(
+                "create_on takes an image, not --rootfs".into(),
+            ));
+        }
+        let spec = image_spec(opts, image, &rootfs.path)?;
+        let stop = image
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.stop_signal.clone());
+        let image_exposed: Vec<String> = image
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.exposed_ports.as_ref())
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        self.record(
+            opts,
+            checked,
+            (opts.image.clone(), None, rootfs.path.clone()),
+            spec,
+            stop,
+            &image_exposed,
+        )
+    }
+
+    /// Records a new container (the common end of `create` and `create_on`).
+    fn record(
+        &self,
+        opts: &CreateOptions,
+        (volumes, log, mem_size): (Vec<Volume>, LogConfig, u64),
+        (image, image_id, rootfs): (String, Option<String>, PathBuf),
+        spec: RunSpec,
+        image_stop: Option<String>,
+        image_exposed: &[String],
+    ) -> Result<Container, EngineError> {
+        let network = self.network_config(opts, image_exposed)?;
         let stop_signal = match opts.stop_signal.as_ref().or(image_stop.as_ref()) {
             Some(s) => Some(parse_signal(s)?),
             None => None,
