@@ -679,11 +679,11 @@ impl Run<'_, '_> {
             let reg = husk_image::RegistryOptions::for_store(self.b.store);
             let img = husk_image::resolve_or_pull(self.b.store, &base, &reg, self.pull)
                 .map_err(|e| Self::step_src(&stage.from, e))?;
-            let has_onbuild = img
-                .config_raw
-                .windows(b"\"OnBuild\":[\"".len())
-                .any(|w| w == b"\"OnBuild\":[\"");
-            if has_onbuild {
+            let triggers = serde_json::from_slice::<Value>(&img.config_raw)
+                .ok()
+                .and_then(|c| c["config"]["OnBuild"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            if triggers > 0 {
                 self.progress.event(Event::Warning(&format!(
                     "the base image {base} has ONBUILD triggers; husk build records them but does not run them"
                 )));
