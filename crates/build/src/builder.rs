@@ -35,10 +35,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Network {
     /// Only loopback.
-    #[default]
     None,
-    /// The default network. husk containers have no network yet, so this
-    /// is loopback only too, until networking lands.
+    /// The default network (user-mode, through passt), as Docker's builder.
+    #[default]
     Default,
 }
 
@@ -1226,6 +1225,13 @@ impl Run<'_, '_> {
             memory_mib: self.opts.memory_mib.max(1),
             cpus: self.opts.cpus.max(1),
             vm: self.opts.vm.clone(),
+            network: Some(
+                match self.opts.network {
+                    Network::None => "none",
+                    Network::Default => "default",
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         let c = engine

@@ -36,9 +36,9 @@ pub struct BuildArgs {
     /// Print only the image id.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Networking of RUN steps: none, or default (containers have only
-    /// loopback until husk has networking, so both are loopback only).
-    #[arg(long, value_enum, default_value_t = NetworkArg::None)]
+    /// Networking of RUN steps: default (the default network, through
+    /// passt, as Docker's builder has one) or none (loopback only).
+    #[arg(long, value_enum, default_value_t = NetworkArg::Default)]
     pub network: NetworkArg,
     /// Guest memory of RUN steps, MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 256)]
@@ -57,7 +57,7 @@ pub struct BuildArgs {
 pub enum NetworkArg {
     /// Loopback only.
     None,
-    /// The default network (loopback only for now).
+    /// The default network (user-mode, through passt).
     Default,
 }
 
