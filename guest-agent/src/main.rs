@@ -493,6 +493,10 @@ struct BootArgs {
     /// `husk.upper=virtiofs`: the overlay's upper layer is the read-write
     /// virtio-fs share `upper` (the container's writable layer on the host).
     upper_virtiofs: bool,
+    /// `husk.rootfs=direct-rw|direct-ro`: the share `rootfs` is the
+    /// container's root itself, mounted without an overlay (an OCI bundle's
+    /// root, which its engine made writable; `Some(true)`: read-only).
+    root_direct: Option<bool>,
     /// `husk.volume=TAG:PATH:ro|rw[:file]`, in order.
     volumes: Vec<VolumeArg>,
     /// `husk.tmpfs=PATH`: a fresh tmpfs in the container.
@@ -533,6 +537,11 @@ fn parse_cmdline(cmdline: &str) -> BootArgs {
     for word in cmdline.split_whitespace() {
         if word == "husk.rootfs=virtiofs" {
             a.rootfs_virtiofs = true;
+        } else if let Some(mode) = word.strip_prefix("husk.rootfs=direct-") {
+            if mode == "ro" || mode == "rw" {
+                a.rootfs_virtiofs = true;
+                a.root_direct = Some(mode == "ro");
+            }
         } else if word == "husk.upper=virtiofs" {
             a.upper_virtiofs = true;
         } else if let Some(name) = word.strip_prefix("husk.hostname=") {
@@ -602,6 +611,15 @@ fn mount_virtiofs_root(upper_virtiofs: bool) -> std::io::Result<()> {
             "lowerdir=/lower,upperdir=/overlay/upper,workdir=/overlay/work{xattrs}"
         )),
     )
+}
+
+/// Mounts the share `rootfs` as the container root itself (an OCI bundle's
+/// root directory): the engine made it for this container, so writes go to
+/// it, as with runc.
+fn mount_direct_root(read_only: bool) -> std::io::Result<()> {
+    std::fs::create_dir_all(CONTAINER_ROOT)?;
+    let flags = if read_only { libc::MS_RDONLY } else { 0 };
+    sys::mount("rootfs", CONTAINER_ROOT, "virtiofs", flags, None)
 }
 
 /// Mounts the volumes in the container root. A directory volume is its
@@ -775,9 +793,12 @@ fn main() {
     // Before the vsock port is served: the container's first process has
     // its network.
     net::configure(args.net.as_ref());
-    if args.rootfs_virtiofs
-        && let Err(e) = mount_virtiofs_root(args.upper_virtiofs)
-    {
+    let mounted = match args.root_direct {
+        Some(read_only) => mount_direct_root(read_only),
+        None if args.rootfs_virtiofs => mount_virtiofs_root(args.upper_virtiofs),
+        None => Ok(()),
+    };
+    if let Err(e) = mounted {
         log(&format!(
             "cannot mount the container root from virtio-fs: {e}"
         ));
@@ -848,6 +869,16 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_root_is_mounted_directly() {
+        let a = parse_cmdline("quiet husk.rootfs=direct-ro");
+        assert!(a.rootfs_virtiofs);
+        assert_eq!(a.root_direct, Some(true));
+        assert_eq!(parse_cmdline("husk.rootfs=direct-rw").root_direct, Some(false));
+        let bad = parse_cmdline("husk.rootfs=direct-xx");
+        assert_eq!((bad.root_direct, bad.rootfs_virtiofs), (None, false));
+    }
 
     #[test]
     fn reads_husk_args_from_the_command_line() {

@@ -533,6 +533,7 @@ mod tests {
             rootfs_via: Default::default(),
             vm: Default::default(),
             network: Default::default(),
+            oci: None,
         };
         let c = store.create(Some("web"), config).unwrap();
         let t = table(std::slice::from_ref(&c), c.created as i64 + 5);

@@ -4,6 +4,7 @@ mod build;
 mod containers;
 mod images;
 mod network;
+mod oci;
 mod run;
 mod term;
 
@@ -155,6 +156,10 @@ enum Command {
         /// Run the main process once a client has attached.
         #[arg(long)]
         attach: bool,
+        /// Started by `husk oci create`: the inherited stdio are the
+        /// container's, the main process runs on `husk oci start`.
+        #[arg(long, conflicts_with = "attach")]
+        oci: bool,
         /// The container's id.
         id: String,
     },
@@ -501,6 +506,11 @@ pub fn print_error(err: &anyhow::Error) {
 }
 
 fn main() -> ExitCode {
+    // Called as an OCI runtime (husk-oci, husk-runc, husk oci ...).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(args) = oci::oci_args(&args) {
+        return oci::main(args);
+    }
     let cli = Cli::parse();
     let run_family = matches!(
         cli.command,
@@ -522,9 +532,13 @@ fn main() -> ExitCode {
             Command::Start(args) => run::start(args, cli.root),
             Command::Attach(args) => run::attach(args, cli.root),
             Command::Exec(args) => run::exec(args, cli.root),
-            Command::Monitor { attach, id } => {
+            Command::Monitor { attach, oci, id } => {
                 let root = cli.root.unwrap_or_else(husk_image::Store::default_root);
-                let code = husk_runtime::monitor::run(&root, &id, attach);
+                let code = if oci {
+                    husk_runtime::monitor::run_oci(&root, &id)
+                } else {
+                    husk_runtime::monitor::run(&root, &id, attach)
+                };
                 Ok(ExitCode::from(code.clamp(0, 255) as u8))
             }
             Command::Stop { time, containers } => engine()

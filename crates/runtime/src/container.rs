@@ -139,6 +139,10 @@ pub struct ContainerConfig {
     /// networking have `--network none`).
     #[serde(default)]
     pub network: crate::net::NetworkConfig,
+    /// Created from an OCI bundle by an engine (`husk oci create`): its
+    /// bundle, hooks and stdio; `None` for husk's own containers.
+    #[serde(default)]
+    pub oci: Option<crate::oci::OciConfig>,
 }
 
 /// What boots a container's VM, fixed at create time (Docker's
@@ -924,6 +928,7 @@ mod tests {
             rootfs_via: crate::RootfsVia::VirtioFs,
             vm: VmSettings::default(),
             network: Default::default(),
+            oci: None,
         }
     }
 

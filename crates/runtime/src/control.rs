@@ -99,6 +99,10 @@ pub enum CtlRequest {
     },
     /// Close the session process's stdin.
     CloseStdin,
+    /// Run the main process of a container created from an OCI bundle
+    /// (`husk oci start`); its monitor booted the VM at `create` and waits
+    /// for this. Answered [`CtlEvent::Ok`].
+    Start,
 }
 
 /// Resource use of a running container.

@@ -99,6 +99,20 @@ pub struct MonitorCommand {
     pub args: Vec<OsString>,
 }
 
+/// How a monitor is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    /// In the background (`start`, `run -d`).
+    Background,
+    /// Running the main process once a client attached (`run`).
+    AttachFirst,
+    /// For an OCI engine: stdio inherited, the main process on `Start`.
+    Oci {
+        /// In a network namespace of its own.
+        new_netns: bool,
+    },
+}
+
 /// What `create` (and `run`) take: Docker's `run` options.
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
@@ -510,6 +524,7 @@ impl Engine {
             rootfs_via: opts.rootfs_via,
             vm: opts.vm.clone(),
             network,
+            oci: None,
         };
         Ok(self.containers.create(opts.name.as_deref(), config)?)
     }
@@ -769,25 +784,53 @@ impl Engine {
     }
 
     fn spawn_monitor(&self, c: &Container, attach_first: bool) -> Result<(), EngineError> {
+    fn spawn_monitor(&self, c: &Container, launch: Launch) -> Result<u32, EngineError> {
         let log_path = c.dir().join("monitor.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(io("open", &log_path))?;
-        let mut cmd = Command::new(&self.monitor.program);
+        let mut cmd = match launch {
+            // A network namespace of its own, as runc gives the container
+            // process: through util-linux's unshare, which execs the
+            // monitor in place (the same pid).
+            Launch::Oci { new_netns: true } => {
+                let mut cmd = Command::new("unshare");
+                cmd.arg("--net").arg("--").arg(&self.monitor.program);
+                cmd
+            }
+            _ => Command::new(&self.monitor.program),
+        };
         cmd.args(&self.monitor.args).arg("--root").arg(&self.root);
-        if attach_first {
-            cmd.arg("--attach");
+        match launch {
+            Launch::Background => {}
+            Launch::AttachFirst => {
+                cmd.arg("--attach");
+            }
+            Launch::Oci { .. } => {
+                cmd.arg("--oci");
+            }
         }
-        cmd.arg(&c.id)
-            .stdin(ProcStdio::null())
-            .stdout(ProcStdio::null())
-            .stderr(log);
+        cmd.arg(&c.id);
+        if matches!(launch, Launch::Oci { .. }) {
+            // The container's stdio are the fds this command inherited
+            // (the engine's pipes); the monitor keeps copies, points its
+            // own 0/1/2 at /dev/null and monitor.log first thing, and
+            // bridges them to the main process.
+            cmd.stdin(ProcStdio::inherit())
+                .stdout(ProcStdio::inherit())
+                .stderr(ProcStdio::inherit());
+        } else {
+            cmd.stdin(ProcStdio::null())
+                .stdout(ProcStdio::null())
+                .stderr(log);
+        }
         // Out of the terminal's process group: Ctrl-C goes to the command
         // that attached, which decides what the container gets.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().map_err(io("start", &self.monitor.program))?;
+        let pid = child.id();
         // The monitor is ready when its control socket answers.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -813,7 +856,33 @@ impl Engine {
         }
         // It outlives us; reap it if we live longer.
         std::thread::spawn(move || child.wait());
-        Ok(())
+        Ok(pid)
+    }
+
+    /// Records a container made elsewhere (an OCI bundle's translation,
+    /// [`crate::oci`]) under `name`.
+    pub fn create_config(
+        &self,
+        name: &str,
+        config: ContainerConfig,
+    ) -> Result<Container, EngineError> {
+        Ok(self.containers.create(Some(name), config)?)
+    }
+
+    /// Starts the monitor of a container created from an OCI bundle: it
+    /// keeps this process's stdio as the container's, boots the VM and
+    /// waits for [`Engine::start_created`]. Returns the monitor's pid (a
+    /// child of this process) once its control socket answers.
+    pub fn spawn_oci_monitor(&self, c: &Container, new_netns: bool) -> Result<u32, EngineError> {
+        self.spawn_monitor(c, Launch::Oci { new_netns })
+    }
+
+    /// Runs the main process of a container whose monitor waits for it
+    /// (OCI `start`); returns once it has started.
+    pub fn start_created(&self, query: &str) -> Result<Container, EngineError> {
+        let c = self.live(query)?;
+        expect_ok(control::call(c.dir(), &CtlRequest::Start)?)?;
+        self.await_started(&c)
     }
 
     /// Starts a created or stopped container (`docker start`), in the
@@ -824,7 +893,7 @@ impl Engine {
         if c.state.status.is_live() {
             return Ok(c);
         }
-        self.spawn_monitor(&c, false)?;
+        self.spawn_monitor(&c, Launch::Background)?;
         self.await_started(&c)
     }
 
@@ -836,7 +905,7 @@ impl Engine {
         if c.state.status.is_live() {
             return self.attach(query, stdin);
         }
-        self.spawn_monitor(&c, true)?;
+        self.spawn_monitor(&c, Launch::AttachFirst)?;
         Ok(Session::open(c.dir(), &CtlRequest::Attach { stdin })?)
     }
 

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod logs;
 pub mod monitor;
 pub mod net;
+pub mod oci;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -172,6 +173,14 @@ pub enum RootfsVia {
     /// Copied into the initramfs (slow to unpack where the guest kernel is
     /// emulated; kept for kernels without virtio-fs).
     Initramfs,
+    /// The directory itself, shared over virtio-fs and mounted as the
+    /// container's root without an overlay: an OCI bundle's `root.path`,
+    /// which the engine (Docker's graph driver, containerd's snapshotter)
+    /// made writable for this container. `read_only`: `root.readonly`.
+    Bundle {
+        /// Share and mount it read-only.
+        read_only: bool,
+    },
 }
 
 /// A host directory or file mounted into the container
@@ -370,6 +379,21 @@ impl Sandbox {
                     });
                     args.push("husk.upper=virtiofs".into());
                 }
+                None
+            }
+            (Some(root), RootfsVia::Bundle { read_only }) => {
+                fs.push(FsShare {
+                    tag: "rootfs".into(),
+                    host_dir: root.clone(),
+                    read_only,
+                    only: None,
+                    no_setid: false,
+                });
+                args.push(if read_only {
+                    "husk.rootfs=direct-ro".into()
+                } else {
+                    "husk.rootfs=direct-rw".into()
+                });
                 None
             }
             (root, _) => root.as_deref(),

@@ -61,6 +61,11 @@ struct Mon {
     /// Clients waiting for the end, and what to tell them.
     waiters: Mutex<Vec<(PeerWriter, bool)>>,
     log: Mutex<LogWriter>,
+    /// Started for an OCI engine: the main process runs on
+    /// [`CtlRequest::Start`], with `oci_stdio`.
+    oci: bool,
+    start_requested: AtomicBool,
+    oci_stdio: Mutex<Option<crate::oci::OciStdio>>,
 }
 
 impl Mon {
@@ -224,7 +229,7 @@ fn start_failure_code(msg: &str) -> i32 {
 pub fn run(root: &Path, id: &str, attach_first: bool) -> i32 {
     // Out of the starting command's session and terminal.
     let _ = rustix::process::setsid();
-    match monitor(root, id, attach_first) {
+    match monitor(root, id, attach_first, None) {
         Ok(code) => code,
         Err(e) => {
             log::error!("monitor of {id}: {e}");
@@ -233,7 +238,35 @@ pub fn run(root: &Path, id: &str, attach_first: bool) -> i32 {
     }
 }
 
-fn monitor(root: &Path, id: &str, attach_first: bool) -> Result<i32, crate::engine::EngineError> {
+/// The monitor of a container created from an OCI bundle (`husk oci
+/// create` spawned it): it takes over the stdio it inherited (the
+/// container's, see [`crate::oci::OciStdio::take`]) before anything can
+/// write to them, joins the spec's network namespace, boots the VM, runs
+/// the main process on `start` and exits with its status.
+pub fn run_oci(root: &Path, id: &str) -> i32 {
+    let stdio = match crate::oci::OciStdio::take(root, id) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("monitor of {id}: {e}");
+            return 1;
+        }
+    };
+    let _ = rustix::process::setsid();
+    match monitor(root, id, false, Some(stdio)) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("monitor of {id}: {e}");
+            1
+        }
+    }
+}
+
+fn monitor(
+    root: &Path,
+    id: &str,
+    attach_first: bool,
+    oci_stdio: Option<crate::oci::OciStdio>,
+) -> Result<i32, crate::engine::EngineError> {
     use crate::engine::EngineError;
     let containers = ContainerStore::open(root)?;
     let images = husk_image::Store::open(root).map_err(EngineError::Store)?;
@@ -265,6 +298,9 @@ fn monitor(root: &Path, id: &str, attach_first: bool) -> Result<i32, crate::engi
         stopped: AtomicBool::new(false),
         waiters: Mutex::new(Vec::new()),
         log: Mutex::new(log),
+        oci: oci_stdio.is_some(),
+        start_requested: AtomicBool::new(false),
+        oci_stdio: Mutex::new(oci_stdio),
     });
     {
         let mon = mon.clone();
@@ -487,6 +523,12 @@ fn run_once(
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    if mon.oci {
+        // OCI `start` runs the main process, whenever it comes.
+        while !mon.start_requested.load(Ordering::SeqCst) && !mon.cancel.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     if mon.cancel.load(Ordering::SeqCst) {
         *mon.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = None;
         return cancelled_code();
@@ -505,16 +547,38 @@ fn run_once(
     } else {
         None
     };
-    let stdio = Stdio {
-        stdin,
-        stdout: Box::new(Out {
-            mon: mon.clone(),
-            stream: Stream::Stdout,
-        }),
-        stderr: Box::new(Out {
-            mon: mon.clone(),
-            stream: Stream::Stderr,
-        }),
+    let oci_stdio = mon
+        .oci_stdio
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let stdio = match oci_stdio {
+        // The engine's fds (or the console's pty) are the container's.
+        Some(o) => {
+            if let Some(resizes) = o.resizes() {
+                let mon = mon.clone();
+                std::thread::spawn(move || {
+                    resizes.watch(
+                        &|| matches!(mon.phase(), Phase::Booting | Phase::Running),
+                        &mut |sz| {
+                            mon.send_control(Control::Resize(sz));
+                        },
+                    )
+                });
+            }
+            o.into_stdio()
+        }
+        None => Stdio {
+            stdin,
+            stdout: Box::new(Out {
+                mon: mon.clone(),
+                stream: Stream::Stdout,
+            }),
+            stderr: Box::new(Out {
+                mon: mon.clone(),
+                stream: Stream::Stderr,
+            }),
+        },
     };
     let started = {
         let mon = mon.clone();
@@ -617,6 +681,20 @@ fn serve(mon: &Arc<Mon>, mut peer: Peer) {
     match first {
         CtlRequest::Ping => {
             w.send(&CtlEvent::Ok);
+        }
+        CtlRequest::Start => {
+            let ev = match mon.phase() {
+                Phase::Booting if mon.oci => {
+                    mon.start_requested.store(true, Ordering::SeqCst);
+                    CtlEvent::Ok
+                }
+                Phase::Booting | Phase::Running => CtlEvent::Error {
+                    message: format!("container {} is not waiting to be started", mon.name),
+                    code: None,
+                },
+                _ => mon.not_running(),
+            };
+            w.send(&ev);
         }
         CtlRequest::Attach { stdin } => attach(mon, peer, stdin),
         CtlRequest::Exec { spec, detach } => exec(mon, peer, spec, detach),
