@@ -875,7 +875,10 @@ mod tests {
         let a = parse_cmdline("quiet husk.rootfs=direct-ro");
         assert!(a.rootfs_virtiofs);
         assert_eq!(a.root_direct, Some(true));
-        assert_eq!(parse_cmdline("husk.rootfs=direct-rw").root_direct, Some(false));
+        assert_eq!(
+            parse_cmdline("husk.rootfs=direct-rw").root_direct,
+            Some(false)
+        );
         let bad = parse_cmdline("husk.rootfs=direct-xx");
         assert_eq!((bad.root_direct, bad.rootfs_virtiofs), (None, false));
     }

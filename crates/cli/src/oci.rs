@@ -16,7 +16,11 @@ use husk_runtime::oci::{CreateRequest, DEFAULT_ROOT, OciRuntime};
 
 /// runc's global flags and commands.
 #[derive(Parser, Debug)]
-#[command(name = "husk-oci", disable_version_flag = true, about = "husk as an OCI runtime (runc's command line)")]
+#[command(
+    name = "husk-oci",
+    disable_version_flag = true,
+    about = "husk as an OCI runtime (runc's command line)"
+)]
 pub struct OciCli {
     /// Where container state lives.
     #[arg(long, global = true)]
@@ -34,7 +38,13 @@ pub struct OciCli {
     #[arg(long, global = true)]
     debug: bool,
     /// Accepted for compatibility (true, false, auto).
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long,
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     rootless: Option<String>,
     /// Print the version (runc's format).
     #[arg(short = 'v', long)]
@@ -301,12 +311,16 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 
 fn version() {
     println!("husk version {}", env!("CARGO_PKG_VERSION"));
-    println!("commit: {}", option_env!("HUSK_COMMIT").unwrap_or("unknown"));
+    println!(
+        "commit: {}",
+        option_env!("HUSK_COMMIT").unwrap_or("unknown")
+    );
     println!("spec: {}", husk_runtime::oci::OCI_VERSION);
 }
 
 fn vm_settings(debug: bool) -> anyhow::Result<VmSettings> {
-    let kernel = husk_runtime::agent::find_kernel(std::env::var_os("HUSK_KERNEL").map(PathBuf::from))?;
+    let kernel =
+        husk_runtime::agent::find_kernel(std::env::var_os("HUSK_KERNEL").map(PathBuf::from))?;
     let agent = husk_runtime::agent::find_agent(std::env::var_os("HUSK_AGENT").map(PathBuf::from))?;
     let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
     Ok(VmSettings {
@@ -330,7 +344,9 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let Some(command) = cli.command else {
-        anyhow::bail!("no command given (create, start, state, kill, delete, exec, ps, pause, resume, features)");
+        anyhow::bail!(
+            "no command given (create, start, state, kill, delete, exec, ps, pause, resume, features)"
+        );
     };
     if cli.systemd_cgroup {
         log::debug!("--systemd-cgroup: husk does not join cgroups");
@@ -339,7 +355,10 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
         println!("{:#}", husk_runtime::oci::features());
         return Ok(ExitCode::SUCCESS);
     }
-    let root = cli.root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+    let root = cli
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
     let program = std::env::current_exe().context("cannot find the husk binary")?;
     let level = if cli.debug { "debug" } else { "info" };
     let rt = OciRuntime::open(&root, &program, level)?;
@@ -354,7 +373,9 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
             id,
         } => {
             if preserve_fds > 0 {
-                anyhow::bail!("--preserve-fds {preserve_fds}: passing extra fds into a VM is not supported");
+                anyhow::bail!(
+                    "--preserve-fds {preserve_fds}: passing extra fds into a VM is not supported"
+                );
             }
             let req = CreateRequest {
                 bundle,
@@ -403,7 +424,9 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
             args,
         } => {
             if preserve_fds > 0 {
-                anyhow::bail!("--preserve-fds {preserve_fds}: passing extra fds into a VM is not supported");
+                anyhow::bail!(
+                    "--preserve-fds {preserve_fds}: passing extra fds into a VM is not supported"
+                );
             }
             let (bytes, what) = match &process {
                 Some(p) => (
@@ -418,7 +441,10 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
                         "terminal": tty, "args": args, "env": env, "cwd": cwd,
                         "user": { "uid": 0, "gid": 0 },
                     });
-                    (p.to_string().into_bytes(), PathBuf::from("the command line"))
+                    (
+                        p.to_string().into_bytes(),
+                        PathBuf::from("the command line"),
+                    )
                 }
             };
             let spec = rt.exec_spec(&id, &bytes, &what)?;
@@ -428,8 +454,13 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
             } else {
                 let (tx, rx) = std::sync::mpsc::channel();
                 crate::term::forward_signals(tx, false)?;
-                let code =
-                    rt.exec_process(&id, spec, pid_file.as_deref(), console_socket.as_deref(), rx)?;
+                let code = rt.exec_process(
+                    &id,
+                    spec,
+                    pid_file.as_deref(),
+                    console_socket.as_deref(),
+                    rx,
+                )?;
                 return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
         }
@@ -473,12 +504,29 @@ mod tests {
     fn go_runc_create_parses() {
         // containerd's runc shim, in go-runc's order.
         let cli = parse(&[
-            "husk-oci", "--root", "/var/run/docker/runtime-runc/moby", "--log", "/b/log.json",
-            "--log-format", "json", "--systemd-cgroup", "create", "--bundle", "/b", "--pid-file",
-            "/b/init.pid", "--console-socket", "/tmp/pty.sock", "--no-pivot", "--no-new-keyring",
+            "husk-oci",
+            "--root",
+            "/var/run/docker/runtime-runc/moby",
+            "--log",
+            "/b/log.json",
+            "--log-format",
+            "json",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/b/init.pid",
+            "--console-socket",
+            "/tmp/pty.sock",
+            "--no-pivot",
+            "--no-new-keyring",
             "abc",
         ]);
-        assert_eq!(cli.root.as_deref(), Some(Path::new("/var/run/docker/runtime-runc/moby")));
+        assert_eq!(
+            cli.root.as_deref(),
+            Some(Path::new("/var/run/docker/runtime-runc/moby"))
+        );
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(cli.systemd_cgroup);
         match cli.command {
@@ -499,8 +547,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // --rootless=true and a bare --rootless.
-        assert_eq!(parse(&["husk-oci", "--rootless=true", "state", "x"]).rootless.as_deref(), Some("true"));
-        assert_eq!(parse(&["husk-oci", "--rootless", "state", "x"]).rootless.as_deref(), Some("true"));
+        assert_eq!(
+            parse(&["husk-oci", "--rootless=true", "state", "x"])
+                .rootless
+                .as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            parse(&["husk-oci", "--rootless", "state", "x"])
+                .rootless
+                .as_deref(),
+            Some("true")
+        );
     }
 
     #[test]
@@ -517,7 +575,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match parse(&[
-            "husk-oci", "exec", "--process", "/tmp/p.json", "--detach", "--pid-file", "/b/e.pid",
+            "husk-oci",
+            "exec",
+            "--process",
+            "/tmp/p.json",
+            "--detach",
+            "--pid-file",
+            "/b/e.pid",
             "abc",
         ])
         .command

@@ -215,16 +215,21 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
         )));
     }
     let read_only = root.readonly().unwrap_or(false);
-    let process = spec.process().as_ref().ok_or_else(|| {
-        OciError::Unsupported("the bundle's config.json has no process".into())
-    })?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| OciError::Unsupported("the bundle's config.json has no process".into()))?;
     let mut run = process_spec(process, &mut warnings)?;
     run.main = true;
 
     let mut volumes = Vec::new();
     let mut tmpfs = Vec::new();
     for m in spec.mounts().iter().flatten() {
-        let dest = m.destination().to_string_lossy().trim_end_matches('/').to_owned();
+        let dest = m
+            .destination()
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_owned();
         let typ = m.typ().as_deref().unwrap_or("");
         let opts = m.options().clone().unwrap_or_default();
         let bind = typ == "bind" || opts.iter().any(|o| o == "bind" || o == "rbind");
@@ -233,9 +238,10 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
             continue;
         }
         if bind {
-            let source = m.source().as_ref().ok_or_else(|| {
-                OciError::Unsupported(format!("bind mount {dest} has no source"))
-            })?;
+            let source = m
+                .source()
+                .as_ref()
+                .ok_or_else(|| OciError::Unsupported(format!("bind mount {dest} has no source")))?;
             let host = std::fs::canonicalize(source).map_err(io("bind-mount", source))?;
             if !host.is_dir() && !host.is_file() {
                 return Err(OciError::Unsupported(format!(
@@ -582,7 +588,10 @@ impl OciRuntime {
             false
         };
         let c = self.engine.create_config(id, config)?;
-        let result = self.engine.spawn_oci_monitor(&c, netns_new).map_err(OciError::from);
+        let result = self
+            .engine
+            .spawn_oci_monitor(&c, netns_new)
+            .map_err(OciError::from);
         let pid = match result {
             Ok(pid) => pid,
             Err(e) => {
@@ -595,7 +604,12 @@ impl OciRuntime {
             e
         };
         let c = self.engine.find(&c.id).map_err(|e| undo(e.into()))?;
-        let hooks = &c.config.oci.as_ref().map(|o| o.hooks.clone()).unwrap_or_default();
+        let hooks = &c
+            .config
+            .oci
+            .as_ref()
+            .map(|o| o.hooks.clone())
+            .unwrap_or_default();
         let state = state_json(&c);
         for (kind, list) in [
             ("prestart", &hooks.prestart),
@@ -709,7 +723,12 @@ impl OciRuntime {
     /// The process of an `exec` (`--process FILE`'s JSON, read by the
     /// caller at once: go-runc removes the file as soon as `exec` returns),
     /// for a running container. `what` names it in errors.
-    pub fn exec_spec(&self, id: &str, process_json: &[u8], what: &Path) -> Result<RunSpec, OciError> {
+    pub fn exec_spec(
+        &self,
+        id: &str,
+        process_json: &[u8],
+        what: &Path,
+    ) -> Result<RunSpec, OciError> {
         let c = self.find(id)?;
         if status_of(&c) != "running" {
             return Err(OciError::NotRunning(id.to_owned()));
@@ -900,11 +919,10 @@ impl OciRuntime {
                     match input.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if w
-                                .send(&CtlRequest::Stdin {
-                                    data: buf[..n].to_vec(),
-                                })
-                                .is_err()
+                            if w.send(&CtlRequest::Stdin {
+                                data: buf[..n].to_vec(),
+                            })
+                            .is_err()
                             {
                                 return;
                             }
@@ -971,7 +989,8 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn write_pid_file(path: &Path, pid: u32) -> Result<(), OciError> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
-        path.file_name().map_or_else(|| "pid".into(), |n| n.to_string_lossy())
+        path.file_name()
+            .map_or_else(|| "pid".into(), |n| n.to_string_lossy())
     ));
     std::fs::write(&tmp, pid.to_string()).map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("write", path))
@@ -1147,7 +1166,8 @@ impl OciStdio {
     /// container's streams), joins the spec's network namespace when it
     /// names one, and with a terminal sends a pty over the console socket.
     pub(crate) fn take(root: &Path, id: &str) -> Result<OciStdio, OciError> {
-        let dup = |f: std::io::Result<OwnedFd>| f.map(File::from).map_err(io("use", Path::new("stdio")));
+        let dup =
+            |f: std::io::Result<OwnedFd>| f.map(File::from).map_err(io("use", Path::new("stdio")));
         let stdin = dup(std::io::stdin().as_fd().try_clone_to_owned())?;
         let stdout = dup(std::io::stdout().as_fd().try_clone_to_owned())?;
         let stderr = dup(std::io::stderr().as_fd().try_clone_to_owned())?;
@@ -1280,9 +1300,15 @@ mod tests {
         let (dir, spec) = bundle(DOCKER_LIKE);
         let t = translate(dir.path(), &spec, VmSettings::default()).unwrap();
         let c = &t.config;
-        assert_eq!(c.rootfs, std::fs::canonicalize(dir.path().join("rootfs")).unwrap());
+        assert_eq!(
+            c.rootfs,
+            std::fs::canonicalize(dir.path().join("rootfs")).unwrap()
+        );
         assert_eq!(c.rootfs_via, RootfsVia::Bundle { read_only: true });
-        assert_eq!(c.spec.argv, vec![b"sh".to_vec(), b"-c".to_vec(), b"exit 3".to_vec()]);
+        assert_eq!(
+            c.spec.argv,
+            vec![b"sh".to_vec(), b"-c".to_vec(), b"exit 3".to_vec()]
+        );
         assert!(c.spec.main && !c.spec.tty);
         assert_eq!((c.spec.uid, c.spec.gid), (1000, 1000));
         assert_eq!(c.spec.additional_gids, vec![10, 20]);
@@ -1294,7 +1320,11 @@ mod tests {
         assert_eq!(guests, vec!["/etc/hosts", "/data"]);
         assert!(c.volumes[0].read_only && !c.volumes[1].read_only);
         assert_eq!(c.tmpfs, vec!["/run".to_string()]);
-        assert!(t.warnings.iter().any(|w| w.contains("/weird")), "{:?}", t.warnings);
+        assert!(
+            t.warnings.iter().any(|w| w.contains("/weird")),
+            "{:?}",
+            t.warnings
+        );
         // The annotation wins over the spec for vCPUs; memory from the limit.
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.mem_size, 512 << 20);
@@ -1334,7 +1364,13 @@ mod tests {
         assert_eq!(c.mem_size, DEFAULT_MEMORY_MIB << 20);
         assert_eq!(c.vcpus, 2, "1.5 CPUs of quota round up");
         assert!(c.spec.tty);
-        assert_eq!(c.spec.term_size, Some(TermSize { rows: 40, cols: 120 }));
+        assert_eq!(
+            c.spec.term_size,
+            Some(TermSize {
+                rows: 40,
+                cols: 120
+            })
+        );
         assert_eq!(c.config_oci().netns, NetNs::Path("/proc/1/ns/net".into()));
     }
 
@@ -1362,7 +1398,10 @@ mod tests {
         assert!(case(r#"["true"]"#, "rel", net, "{}").contains("absolute"));
         assert!(case(r#"["true"]"#, "/", net, r#"{"io.husk.memory":"lots"}"#).contains("MiB"));
         assert!(case(r#"["true"]"#, "/", net, r#"{"io.husk.cpus":"0"}"#).contains("io.husk.cpus"));
-        assert_eq!(case(r#"["true"]"#, "/", net, r#"{"io.husk.memory":"1024"}"#), "");
+        assert_eq!(
+            case(r#"["true"]"#, "/", net, r#"{"io.husk.memory":"1024"}"#),
+            ""
+        );
     }
 
     #[test]
@@ -1418,21 +1457,28 @@ mod tests {
             timeout_s: Some(10),
         };
         run_hook("prestart", &ok, &state).unwrap();
-        let got: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(got, state);
         let bad = HookSpec {
             args: vec!["sh".into(), "-c".into(), "echo nope >&2; exit 2".into()],
             ..ok.clone()
         };
         let e = run_hook("prestart", &bad, &state).unwrap_err().to_string();
-        assert!(e.contains("prestart hook /bin/sh failed") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("prestart hook /bin/sh failed") && e.contains("nope"),
+            "{e}"
+        );
         let slow = HookSpec {
             args: vec!["sh".into(), "-c".into(), "sleep 5".into()],
             timeout_s: Some(1),
             ..ok
         };
-        assert!(run_hook("poststop", &slow, &state).unwrap_err().to_string().contains("timed out"));
+        assert!(
+            run_hook("poststop", &slow, &state)
+                .unwrap_err()
+                .to_string()
+                .contains("timed out")
+        );
     }
 
     #[test]
