@@ -252,6 +252,17 @@ fn configure_with(nl: &mut Rtnl, cfg: Option<&NetConfig>) -> Result<(), String> 
         }
     };
     let name = &link.name;
+    // A gratuitous ARP when the link comes up: user-mode backends (passt)
+    // learn the guest's MAC from its first frame, and a guest that only
+    // serves published ports would otherwise never send one, so the
+    // first inbound connection would go to the wrong MAC; a bridge's
+    // forwarding table learns it the same way.
+    for conf in ["all", "default", name.as_str()] {
+        let path = format!("/proc/sys/net/ipv4/conf/{conf}/arp_notify");
+        if let Err(e) = std::fs::write(&path, "1") {
+            log(&format!("network: cannot write {path}: {e}"));
+        }
+    }
     nl.set_mtu(link.index, cfg.mtu)
         .map_err(|e| format!("cannot set the MTU of {name} to {}: {e}", cfg.mtu))?;
     nl.add_address(link.index, cfg).map_err(|e| {

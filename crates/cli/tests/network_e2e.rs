@@ -4,7 +4,8 @@
 //! /etc/hosts; `--network none`; user-defined networks (root: a bridge per
 //! network, name resolution inside one, isolation between two, `-p`
 //! through the userland proxy, nothing left behind); and Docker's errors,
-//! which boot nothing. Boots cost ~25-60 s on PVM hosts, so one container
+//! which boot nothing. (busybox 1.35's `wget -T` crashes when its timer
+//! fires, so the guest side bounds waits with `timeout`.) Boots cost ~25-60 s on PVM hosts, so one container
 //! serves many checks.
 
 use std::io::{Read, Write};
@@ -272,9 +273,9 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
     // access to the host's own address, and no way to the host loopback.
     let script = format!(
         "ip -4 addr show eth0; ip route; cat /etc/resolv.conf /etc/hosts; \
-         echo OUT=$(wget -q -T 10 -O - http://{hip}:{out_port}/); \
-         wget -q -T 5 -O - http://10.0.2.2:{lo_port}/ ; echo GW=$?; \
-         wget -q -T 5 -O - http://127.0.0.1:{lo_port}/ ; echo LO=$?"
+         echo OUT=$(timeout 10 wget -q -O - http://{hip}:{out_port}/); \
+         timeout 5 wget -q -O - http://10.0.2.2:{lo_port}/ ; echo GW=$?; \
+         timeout 5 wget -q -O - http://127.0.0.1:{lo_port}/ ; echo LO=$?"
     );
     let inside = h.ok(&["exec", "web", "sh", "-c", &script]);
     eprintln!("inside the container:\n{inside}");
@@ -440,7 +441,7 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
             "sh",
             "-c",
             &format!(
-                "echo A=$(wget -q -T 10 -O - http://web:8080/); echo B=$(wget -q -T 10 -O - http://www:8080/); echo C=$(wget -q -T 10 -O - http://{hip}:{out_port}/)"
+                "echo A=$(timeout 10 wget -q -O - http://web:8080/); echo B=$(timeout 10 wget -q -O - http://www:8080/); echo C=$(timeout 10 wget -q -O - http://{hip}:{out_port}/)"
             ),
         ],
     );
@@ -451,7 +452,7 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
             "sh",
             "-c",
             &format!(
-                "wget -q -T 5 -O - http://{web_ip}:8080/; echo IP=$?; wget -q -T 5 -O - http://web:8080/; echo NAME=$?"
+                "timeout 5 wget -q -O - http://{web_ip}:8080/; echo IP=$?; timeout 5 wget -q -O - http://web:8080/; echo NAME=$?"
             ),
         ],
     );

@@ -783,7 +783,6 @@ impl Engine {
         Ok(c.state.network.map(|n| n.ports).unwrap_or_default())
     }
 
-    fn spawn_monitor(&self, c: &Container, attach_first: bool) -> Result<(), EngineError> {
     fn spawn_monitor(&self, c: &Container, launch: Launch) -> Result<u32, EngineError> {
         let log_path = c.dir().join("monitor.log");
         let log = std::fs::OpenOptions::new()
@@ -1464,7 +1463,7 @@ pub fn inspect_json(c: &Container, net_name: &str) -> serde_json::Value {
         },
         "NetworkSettings": crate::net::settings_json(
             &c.config.network,
-            &net_name,
+            net_name,
             c.state.network.as_ref().filter(|_| c.state.status.is_live()),
         ),
         "Mounts": mounts,

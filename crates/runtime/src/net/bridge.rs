@@ -217,34 +217,10 @@ pub fn remove(id: &str) -> Result<(), BridgeError> {
     let tag = comment(id);
     let mut first_err = None;
     if let Ok(text) = nft(&["-a", "list", "table", "ip", TABLE]) {
-        let mut chain = String::new();
-        let mut left = 0;
-        for line in text.lines() {
-            let t = line.trim();
-            if let Some(rest) = t.strip_prefix("chain ") {
-                chain = rest.trim_end_matches(" {").to_owned();
-                continue;
-            }
-            let Some((_, handle)) = t.rsplit_once("# handle ") else {
-                continue;
-            };
-            if t.starts_with("type ") || t.starts_with("chain ") || t.starts_with("table ") {
-                continue;
-            }
-            if t.contains(&format!("comment \"{tag}\"")) {
-                if let Err(e) = nft(&[
-                    "delete",
-                    "rule",
-                    "ip",
-                    TABLE,
-                    &chain,
-                    "handle",
-                    handle.trim(),
-                ]) {
-                    first_err.get_or_insert(e);
-                }
-            } else {
-                left += 1;
+        let (mine, left) = rules_tagged(&text, &tag);
+        for (chain, handle) in mine {
+            if let Err(e) = nft(&["delete", "rule", "ip", TABLE, &chain, "handle", &handle]) {
+                first_err.get_or_insert(e);
             }
         }
         if left == 0
@@ -260,6 +236,38 @@ pub fn remove(id: &str) -> Result<(), BridgeError> {
         first_err.get_or_insert(e);
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// In `nft -a list table` output, the rules whose comment is `tag`
+/// (chain, handle), and how many other rules there are.
+fn rules_tagged(text: &str, tag: &str) -> (Vec<(String, String)>, usize) {
+    let mut chain = String::new();
+    let mut mine = Vec::new();
+    let mut left = 0;
+    for line in text.lines() {
+        let t = line.trim();
+        // `chain forward { # handle 1`
+        if let Some(rest) = t.strip_prefix("chain ") {
+            chain = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            continue;
+        }
+        let Some((_, handle)) = t.rsplit_once("# handle ") else {
+            continue;
+        };
+        if t.starts_with("type ") || t.starts_with("table ") {
+            continue;
+        }
+        if t.contains(&format!("comment \"{tag}\"")) {
+            mine.push((chain.clone(), handle.trim().to_owned()));
+        } else {
+            left += 1;
+        }
+    }
+    (mine, left)
 }
 
 /// Whether network `id`'s bridge exists.
@@ -286,6 +294,21 @@ mod tests {
         assert_eq!(bridge_name(id), "hkbr0123456789");
         assert!(bridge_name(id).len() <= 15);
         assert!(tap_name(id).len() <= 15);
+    }
+
+    #[test]
+    fn tagged_rules_found_by_chain_and_handle() {
+        let text = "table ip husk { # handle 1\n\tchain forward { # handle 1\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"hkbr570c8bef96\" oifname \"hkbr*\" oifname != \"hkbr570c8bef96\" drop comment \"husk:570c8bef96cb\" # handle 3\n\t\tiifname \"hkbr76f2f5f298\" drop comment \"husk:76f2f5f29801\" # handle 5\n\t}\n\n\tchain postrouting { # handle 2\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.89.0.0/24 oifname != \"hkbr570c8bef96\" masquerade comment \"husk:570c8bef96cb\" # handle 4\n\t}\n}\n";
+        let (mine, left) = rules_tagged(text, "husk:570c8bef96cb");
+        assert_eq!(
+            mine,
+            vec![
+                ("forward".to_string(), "3".to_string()),
+                ("postrouting".to_string(), "4".to_string())
+            ]
+        );
+        assert_eq!(left, 1);
+        assert_eq!(rules_tagged(text, "husk:000000000000").1, 3);
     }
 
     #[test]

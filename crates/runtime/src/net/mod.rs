@@ -324,6 +324,74 @@ pub fn write_in_place(path: &std::path::Path, text: &str) -> std::io::Result<()>
     f.sync_data()
 }
 
+/// Docker's `Ports` map: `"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]`,
+/// exposed but unpublished ports with `null`.
+pub fn ports_json(published: &[PortBinding], exposed: &[(u16, Proto)]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (port, proto) in exposed {
+        m.insert(format!("{port}/{proto}"), serde_json::Value::Null);
+    }
+    for p in published {
+        let key = format!("{}/{}", p.container_port, p.proto);
+        let entry = serde_json::json!({
+            "HostIp": p.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into()),
+            "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() },
+        });
+        match m.get_mut(&key) {
+            Some(serde_json::Value::Array(a)) => a.push(entry),
+            _ => {
+                m.insert(key, serde_json::Value::Array(vec![entry]));
+            }
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Docker's `NetworkSettings` for a container on network `name` (its
+/// addresses while `state` says it runs).
+pub fn settings_json(
+    cfg: &NetworkConfig,
+    name: &str,
+    state: Option<&NetworkState>,
+) -> serde_json::Value {
+    let ip = state.map(|s| s.ip.to_string()).unwrap_or_default();
+    let gw = state
+        .and_then(|s| s.gateway)
+        .map(|g| g.to_string())
+        .unwrap_or_default();
+    let prefix = state.map_or(0, |s| s.prefix);
+    let mac = state.map(|s| s.mac.clone()).unwrap_or_default();
+    let mut networks = serde_json::Map::new();
+    networks.insert(
+        name.to_owned(),
+        serde_json::json!({
+            "IPAMConfig": null,
+            "Links": null,
+            "Aliases": if cfg.aliases.is_empty() { serde_json::Value::Null } else { serde_json::json!(cfg.aliases) },
+            "NetworkID": state.map(|s| s.network_id.clone()).unwrap_or_default(),
+            "Gateway": gw,
+            "IPAddress": ip,
+            "IPPrefixLen": prefix,
+            "MacAddress": mac,
+        }),
+    );
+    let ports = match state {
+        Some(s) => ports_json(&s.ports, &cfg.exposed),
+        None => serde_json::json!({}),
+    };
+    serde_json::json!({
+        "Bridge": state.and_then(|s| s.interface.clone()).unwrap_or_default(),
+        "Ports": ports,
+        "Gateway": gw,
+        "IPAddress": ip,
+        "IPPrefixLen": prefix,
+        "MacAddress": mac,
+        "Networks": networks,
+        "Backend": state.map(|s| s.backend.clone()).unwrap_or_default(),
+        "Mtu": state.map_or(0, |s| s.mtu),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,72 +479,4 @@ mod tests {
         assert!(!valid_host_name("a b"));
         assert!(!valid_host_name("a\nb"));
     }
-}
-
-/// Docker's `Ports` map: `"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]`,
-/// exposed but unpublished ports with `null`.
-pub fn ports_json(published: &[PortBinding], exposed: &[(u16, Proto)]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for (port, proto) in exposed {
-        m.insert(format!("{port}/{proto}"), serde_json::Value::Null);
-    }
-    for p in published {
-        let key = format!("{}/{}", p.container_port, p.proto);
-        let entry = serde_json::json!({
-            "HostIp": p.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into()),
-            "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() },
-        });
-        match m.get_mut(&key) {
-            Some(serde_json::Value::Array(a)) => a.push(entry),
-            _ => {
-                m.insert(key, serde_json::Value::Array(vec![entry]));
-            }
-        }
-    }
-    serde_json::Value::Object(m)
-}
-
-/// Docker's `NetworkSettings` for a container on network `name` (its
-/// addresses while `state` says it runs).
-pub fn settings_json(
-    cfg: &NetworkConfig,
-    name: &str,
-    state: Option<&NetworkState>,
-) -> serde_json::Value {
-    let ip = state.map(|s| s.ip.to_string()).unwrap_or_default();
-    let gw = state
-        .and_then(|s| s.gateway)
-        .map(|g| g.to_string())
-        .unwrap_or_default();
-    let prefix = state.map_or(0, |s| s.prefix);
-    let mac = state.map(|s| s.mac.clone()).unwrap_or_default();
-    let mut networks = serde_json::Map::new();
-    networks.insert(
-        name.to_owned(),
-        serde_json::json!({
-            "IPAMConfig": null,
-            "Links": null,
-            "Aliases": if cfg.aliases.is_empty() { serde_json::Value::Null } else { serde_json::json!(cfg.aliases) },
-            "NetworkID": state.map(|s| s.network_id.clone()).unwrap_or_default(),
-            "Gateway": gw,
-            "IPAddress": ip,
-            "IPPrefixLen": prefix,
-            "MacAddress": mac,
-        }),
-    );
-    let ports = match state {
-        Some(s) => ports_json(&s.ports, &cfg.exposed),
-        None => serde_json::json!({}),
-    };
-    serde_json::json!({
-        "Bridge": state.and_then(|s| s.interface.clone()).unwrap_or_default(),
-        "Ports": ports,
-        "Gateway": gw,
-        "IPAddress": ip,
-        "IPPrefixLen": prefix,
-        "MacAddress": mac,
-        "Networks": networks,
-        "Backend": state.map(|s| s.backend.clone()).unwrap_or_default(),
-        "Mtu": state.map_or(0, |s| s.mtu),
-    })
 }
