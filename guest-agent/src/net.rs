@@ -273,6 +273,34 @@ fn configure_with(nl: &mut Rtnl, cfg: Option<&NetConfig>) -> Result<(), String> 
     })?;
     nl.set_up(link.index)
         .map_err(|e| format!("cannot set {name} up: {e}"))?;
+    // virtio-net turns the carrier on only after the interface is up (a
+    // work item reads the device's link status), and until then the qdisc
+    // drops what is sent, the gratuitous ARP of the set-up included. So
+    // once the carrier is on, the MAC is set again (to itself): the kernel
+    // announces it (NETDEV_CHANGEADDR with arp_notify).
+    let deadline = Instant::now() + CARRIER_WAIT;
+    loop {
+        let carrier = nl
+            .links()
+            .ok()
+            .and_then(|l| l.into_iter().find(|l| l.index == link.index))
+            .and_then(|l| l.carrier);
+        if carrier != Some(false) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            log(&format!(
+                "network: {name} has no carrier after {CARRIER_WAIT:?}"
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(mac) = &link.mac
+        && let Err(e) = nl.set_mac(link.index, mac)
+    {
+        log(&format!("network: cannot announce {name}'s MAC: {e}"));
+    }
     if let Some(gw) = cfg.gateway {
         nl.add_default_route(link.index, gw)
             .map_err(|e| format!("cannot add the default route via {gw} on {name}: {e}"))?;
@@ -295,7 +323,17 @@ struct Link {
     name: String,
     mac: Option<Vec<u8>>,
     loopback: bool,
+    /// IFLA_CARRIER: whether the driver reports the link as up (known
+    /// even while the interface is down).
+    carrier: Option<bool>,
 }
+
+/// `IFLA_CARRIER` (linux/if_link.h), which the libc crate has only for
+/// Android.
+const IFLA_CARRIER: u16 = 33;
+
+/// How long the agent waits for the NIC's carrier after setting it up.
+const CARRIER_WAIT: Duration = Duration::from_secs(3);
 
 /// The length of `struct ifinfomsg`, before a link message's attributes.
 const IFINFOMSG_LEN: usize = 16;
@@ -316,6 +354,7 @@ impl Link {
             mac: None,
             loopback: header.flags.contains(LinkFlags::Loopback)
                 || header.link_layer_type == LinkLayerType::Loopback,
+            carrier: None,
         };
         for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..).unwrap_or_default()) {
             let nla = nla.map_err(bad)?;
@@ -325,6 +364,7 @@ impl Link {
                     link.name = String::from_utf8_lossy(name).into_owned();
                 }
                 libc::IFLA_ADDRESS => link.mac = Some(nla.value().to_vec()),
+                IFLA_CARRIER => link.carrier = nla.value().first().map(|c| *c != 0),
                 _ => {}
             }
         }
@@ -477,6 +517,16 @@ impl Rtnl {
             ..LinkHeader::default()
         };
         let req = Request::new(header, vec![nla(libc::IFLA_MTU, mtu.to_ne_bytes())]);
+        self.ack(libc::RTM_SETLINK, 0, &req)
+    }
+
+    /// Sets interface `index`'s MAC address (RTM_SETLINK IFLA_ADDRESS).
+    fn set_mac(&mut self, index: u32, mac: &[u8]) -> io::Result<()> {
+        let header = LinkHeader {
+            index,
+            ..LinkHeader::default()
+        };
+        let req = Request::new(header, vec![nla(libc::IFLA_ADDRESS, mac.to_vec())]);
         self.ack(libc::RTM_SETLINK, 0, &req)
     }
 
@@ -659,6 +709,7 @@ mod tests {
             name: name.into(),
             mac: mac.map(|m| m.to_vec()),
             loopback,
+            carrier: None,
         };
         let mac = [2, 0, 0, 0, 0, 2];
         let links = [
@@ -683,6 +734,8 @@ mod tests {
         msg.extend([9, 0, 3, 0, b'e', b't', b'h', b'0', 0, 0, 0, 0]);
         msg.extend([8, 0, 4, 0, 0xdc, 0x05, 0, 0]);
         msg.extend([10, 0, 1, 0, 2, 0x42, 0x0a, 0, 2, 0x64, 0, 0]);
+        // IFLA_CARRIER 1.
+        msg.extend([5, 0, 33, 0, 1, 0, 0, 0]);
         let link = Link::parse(&msg).unwrap();
         assert_eq!(
             link,
@@ -691,6 +744,7 @@ mod tests {
                 name: "eth0".into(),
                 mac: Some(vec![2, 0x42, 0x0a, 0, 2, 0x64]),
                 loopback: false,
+                carrier: Some(true),
             }
         );
         // Truncated or bad attributes, a short header: errors, not panics.
