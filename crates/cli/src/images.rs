@@ -359,6 +359,45 @@ pub fn image_prune(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `husk system prune [-a] [-f]`: stopped containers, networks no
+/// container uses, and dangling images (with `-a`: every image no
+/// container uses), as `docker system prune`. (`husk build`'s cache is
+/// kept: its entries whose layers are gone are dropped when looked up.)
+pub fn system_prune(
+    engine: &husk_runtime::engine::Engine,
+    store: &Store,
+    all: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let images = if all {
+        "all images without at least one container associated to them"
+    } else {
+        "all dangling images"
+    };
+    let warning = format!(
+        "This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n  - {images}\n"
+    );
+    if !force && !confirm(&warning)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = container_prune(engine, true)?;
+    let gone = engine.network_prune().context("cannot prune networks")?;
+    if !gone.is_empty() {
+        println!("Deleted Networks:");
+        for n in gone {
+            println!("{n}");
+        }
+        println!();
+    }
+    let containers = husk_runtime::container::ContainerStore::open(store.root())?;
+    let images = image_prune(store, &containers, all, true)?;
+    Ok(if code == ExitCode::SUCCESS {
+        images
+    } else {
+        code
+    })
+}
+
 /// `husk container prune [-f]`: every container no monitor runs.
 pub fn container_prune(
     engine: &husk_runtime::engine::Engine,

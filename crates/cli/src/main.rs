@@ -321,6 +321,15 @@ enum ContainerCommand {
 enum SystemCommand {
     /// Show husk's disk usage.
     Df,
+    /// Remove stopped containers, unused networks and dangling (with -a: unused) images.
+    Prune {
+        /// Remove all unused images, not just dangling ones.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -662,6 +671,12 @@ fn main() -> ExitCode {
             Command::Container {
                 command: ContainerCommand::Prune { force },
             } => engine().and_then(|e| images::container_prune(&e, force)),
+            Command::System {
+                command: SystemCommand::Prune { all, force },
+            } => engine().and_then(|e| {
+                let s = images::open_store(cli.root.clone())?;
+                images::system_prune(&e, &s, all, force)
+            }),
             Command::System {
                 command: SystemCommand::Df,
             } => images::open_store(cli.root).and_then(|s| {

@@ -65,6 +65,11 @@ fn save_load_history_df_prune() {
         ok(&husk(&a, &["container", "prune", "-f"])),
         "Total reclaimed space: 0B\n"
     );
+    // system prune: -f, nothing stopped, no networks, nothing dangling.
+    assert_eq!(
+        ok(&husk(&a, &["system", "prune", "-f"])),
+        "Total reclaimed space: 0B\nTotal reclaimed space: 0B\n"
+    );
     // Errors: unknown image, unknown container.
     let o = husk(&a, &["save", "-o", file.to_str().unwrap(), "nope"]);
     assert_eq!(o.status.code(), Some(1));
