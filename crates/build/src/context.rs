@@ -811,8 +811,21 @@ fn extract(
         }
         Ok((!rel.is_empty()).then(|| Tree::join(dest, &rel)))
     };
+    // A hostile archive (a decompression bomb, millions of entries) is
+    // bounded as image layers are.
+    let limits = husk_image::UnpackLimits::default();
+    let (mut bytes, mut entries) = (0u64, 0u64);
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
+        entries += 1;
+        bytes = bytes.saturating_add(entry.size());
+        if entries > limits.max_entries || bytes > limits.max_bytes {
+            return Err(bad(io::Error::other(format!(
+                "the archive holds more than {} entries or {} GiB: refused",
+                limits.max_entries,
+                limits.max_bytes >> 30
+            ))));
+        }
         let Some(target) = inside(&entry.path_bytes())? else {
             continue;
         };
