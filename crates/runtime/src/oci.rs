@@ -339,6 +339,18 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
     if linux.is_some_and(|l| l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())) {
         warnings.push("user namespace mappings are not applied (the guest has its own)".into());
     }
+    if linux.is_some_and(|l| l.seccomp().is_some()) {
+        warnings.push(
+            "linux.seccomp is not applied: the VM boundary isolates the container, the guest process has no seccomp filter"
+                .into(),
+        );
+    }
+    if linux.is_some_and(|l| {
+        l.masked_paths().as_ref().is_some_and(|m| !m.is_empty())
+            || l.readonly_paths().as_ref().is_some_and(|m| !m.is_empty())
+    }) {
+        warnings.push("linux.maskedPaths and readonlyPaths are not applied in the guest".into());
+    }
     if linux.is_some_and(|l| l.cgroups_path().is_some()) {
         warnings.push(
             "linux.cgroupsPath is not joined: the VM's host process stays in the caller's cgroup"
@@ -441,7 +453,10 @@ fn process_spec(p: &Process, warnings: &mut Vec<String>) -> Result<RunSpec, OciE
         warnings.push("process.rlimits are not applied in the guest".into());
     }
     if p.capabilities().is_some() {
-        log::debug!("process.capabilities: the guest process keeps root's");
+        warnings.push(
+            "process.capabilities are not applied: the guest process keeps root's (inside its own VM)"
+                .into(),
+        );
     }
     if p.user().umask().is_some() {
         warnings.push("process.user.umask is not applied in the guest".into());
