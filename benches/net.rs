@@ -150,6 +150,24 @@ fn timed_sink(addr: &str) -> (u16, std::sync::mpsc::Receiver<(usize, Duration)>)
     (port, rx)
 }
 
+/// Answers each connection's first bytes with the same bytes, then closes
+/// it (a client's request/response over a new connection).
+fn host_reply_once(addr: &str) -> u16 {
+    let l = TcpListener::bind(addr).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = s.read(&mut buf) {
+                    let _ = s.write_all(&buf[..n]);
+                }
+            });
+        }
+    });
+    port
+}
+
 fn host_echo(addr: &str) -> u16 {
     let l = TcpListener::bind(addr).unwrap();
     let port = l.local_addr().unwrap().port();
@@ -230,7 +248,9 @@ fn main() {
         &[
             "sh",
             "-c",
-            "nc -ll -p 5002 -e cat & while true; do nc -l -p 5001 > /dev/null; done",
+            // A sink per connection that reads to EOF and closes (a bare
+            // `nc -l` would close at once: its stdin is /dev/null).
+            "nc -ll -p 5002 -e cat & exec nc -ll -p 5001 -e sh -c 'cat > /dev/null'",
         ],
     );
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -251,7 +271,7 @@ fn main() {
     let (out_port, rx) = timed_sink(&format!("{hip}:0"));
     let count = bytes >> 16;
     let wall = Instant::now();
-    h.ok(&[
+    let o = h.out(&[
         "exec",
         "bench-net",
         "sh",
@@ -259,10 +279,20 @@ fn main() {
         &format!("dd if=/dev/zero bs=65536 count={count} 2>/dev/null | nc {hip} {out_port}"),
     ]);
     let wall = wall.elapsed();
-    let (got, took) = rx.recv_timeout(Duration::from_secs(600)).unwrap();
+    let (got, took) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or((0, Duration::ZERO));
+    let out_note = if o.status.success() {
+        format!("{got} bytes, exec wall {:.1} s", wall.as_secs_f64())
+    } else {
+        format!(
+            "FAILED after {got} of {bytes} bytes: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )
+    };
     let out_rtt = {
-        let echo_out = host_echo(&format!("{hip}:0"));
-        let o = h.ok(&[
+        let echo_out = host_reply_once(&format!("{hip}:0"));
+        let o = h.out(&[
             "exec",
             "bench-net",
             "sh",
@@ -271,13 +301,16 @@ fn main() {
                 "t0=$(date +%s%N); i=0; while [ $i -lt 20 ]; do echo x | nc -w 2 {hip} {echo_out} > /dev/null; i=$((i+1)); done; t1=$(date +%s%N); echo $(( (t1-t0)/20000 ))"
             ),
         ]);
-        o.trim().parse::<f64>().unwrap_or(f64::NAN)
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(f64::NAN)
     };
     rows.push([
         "husk container -> host (outbound, passt)".into(),
         format!("{:.0}", got as f64 / took.as_secs_f64().max(1e-9) / 1e6),
         format!("{out_rtt:.0} (new connection each)"),
-        format!("{got} bytes, exec wall {:.1} s", wall.as_secs_f64()),
+        out_note,
     ]);
     h.ok(&["rm", "-f", "bench-net"]);
 
@@ -286,7 +319,7 @@ fn main() {
     match pasta(
         &[q_sink, q_echo],
         &format!(
-            "busybox nc -ll -p {q_echo} -e cat & while true; do busybox nc -l -p {q_sink} > /dev/null; done"
+            "busybox nc -ll -p {q_echo} -e cat & exec busybox nc -ll -p {q_sink} -e sh -c 'cat > /dev/null'"
         ),
     ) {
         Ok(mut child) => {
