@@ -6,7 +6,7 @@
 //! (`user.overlay.opaque` = `y`) get `.wh..wh..opq`, symlinks stay symlinks,
 //! hard links within the layer become tar links, owners, modes and mtimes
 //! are kept. The mount points the guest agent makes (top-level `dev`,
-//! `proc`, `sys`; `etc/hostname`, `etc/hosts`) are left out unless the
+//! `proc`, `sys`; `etc/hostname`, `etc/hosts`, `etc/resolv.conf`) are left out unless the
 //! image has them. Entries are sorted and the gzip header has no time, so
 //! the same directory gives the same layer.
 //!
@@ -249,7 +249,9 @@ pub fn put_image(
 fn agent_stub(path: &[u8], node: &tree::Node) -> bool {
     match path {
         b"dev" | b"proc" | b"sys" => node.is_dir(),
-        b"etc/hostname" | b"etc/hosts" => node.kind() == rustix::fs::FileType::RegularFile,
+        b"etc/hostname" | b"etc/hosts" | b"etc/resolv.conf" => {
+            node.kind() == rustix::fs::FileType::RegularFile
+        }
         _ => false,
     }
 }

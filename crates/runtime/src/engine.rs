@@ -1323,7 +1323,14 @@ fn is_whiteout(meta: &std::fs::Metadata) -> bool {
 
 /// The mount points the agent makes in the writable layer when the image
 /// lacks them (Docker keeps these in an init layer, so its diff omits them).
-const AGENT_STUBS: &[&str] = &["/dev", "/proc", "/sys", "/etc/hostname", "/etc/hosts"];
+const AGENT_STUBS: &[&str] = &[
+    "/dev",
+    "/proc",
+    "/sys",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+];
 
 /// Whether `path` in the writable layer is only an agent stub.
 fn is_stub(path: &str, lower: &Path) -> bool {
@@ -1505,6 +1512,7 @@ mod tests {
         std::fs::create_dir_all(u.join("etc")).unwrap();
         std::fs::write(u.join("etc/hostname"), b"").unwrap();
         std::fs::write(u.join("etc/hosts"), b"").unwrap();
+        std::fs::write(u.join("etc/resolv.conf"), b"").unwrap();
         for d in ["proc", "sys", "dev"] {
             std::fs::create_dir(u.join(d)).unwrap();
         }
