@@ -9,6 +9,7 @@
 //! exited and the host has closed its connection, the agent powers the VM
 //! off, as a container ends when its main process does.
 
+mod dns;
 mod net;
 mod process;
 mod procinfo;
@@ -505,6 +506,8 @@ struct BootArgs {
     hostname: Option<String>,
     /// `husk.net=MAC,ADDR/PREFIX,GATEWAY,MTU`: the NIC's configuration.
     net: Option<net::NetConfig>,
+    /// `husk.dns=ADDR`: loopback resolvers to relay to the host (at most 3).
+    dns: Vec<std::net::Ipv4Addr>,
     /// The `husk.net` words ignored, and why (logged at boot).
     ignored: Vec<String>,
 }
@@ -554,6 +557,13 @@ fn parse_cmdline(cmdline: &str) -> BootArgs {
                     .ignored
                     .push(format!("{word}: only one husk.net is supported")),
                 Ok(cfg) => a.net = Some(cfg),
+                Err(e) => a.ignored.push(format!("{word}: {e}")),
+            }
+        } else if let Some(v) = word.strip_prefix("husk.dns=") {
+            match dns::parse(v) {
+                Ok(_) if a.dns.len() >= 3 => a.ignored.push(format!("{word}: at most 3")),
+                Ok(ip) if !a.dns.contains(&ip) => a.dns.push(ip),
+                Ok(_) => {}
                 Err(e) => a.ignored.push(format!("{word}: {e}")),
             }
         } else if let Some(path) = word.strip_prefix("husk.tmpfs=") {
@@ -793,6 +803,9 @@ fn main() {
     // Before the vsock port is served: the container's first process has
     // its network.
     net::configure(args.net.as_ref());
+    for ip in &args.dns {
+        dns::start(*ip);
+    }
     let mounted = match args.root_direct {
         Some(read_only) => mount_direct_root(read_only),
         None if args.rootfs_virtiofs => mount_virtiofs_root(args.upper_virtiofs),
@@ -925,6 +938,13 @@ mod tests {
              husk.hostname=a/b",
         );
         assert_eq!(a, BootArgs::default());
+    }
+
+    #[test]
+    fn reads_husk_dns_loopback_addresses_only() {
+        let a = parse_cmdline("husk.dns=127.0.0.11 husk.dns=10.0.0.1 husk.dns=127.0.0.11");
+        assert_eq!(a.dns, vec![std::net::Ipv4Addr::new(127, 0, 0, 11)]);
+        assert_eq!(a.ignored.len(), 1);
     }
 
     #[test]

@@ -66,6 +66,52 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
+/// A stream connected to the host (CID 2) on vsock `port`.
+pub fn vsock_connect_host(port: u32) -> io::Result<File> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd is a fresh socket we own.
+    let sock = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_HOST;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
+        match check(unsafe { libc::connect(sock.as_raw_fd(), (&raw const addr).cast(), len) }) {
+            Ok(_) => return Ok(sock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Read and write timeouts on a socket (SO_RCVTIMEO, SO_SNDTIMEO).
+pub fn set_timeouts(sock: &File, d: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: tv is a valid timeval of the size passed; the fd is ours.
+        check(unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Accepts one connection on a listening socket, as a `File` for read/write.
 pub fn accept(listener: &OwnedFd) -> io::Result<File> {
     use std::os::fd::AsRawFd;

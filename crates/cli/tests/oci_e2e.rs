@@ -6,8 +6,8 @@
 //! `uname -r` is the guest kernel's, exit codes, `-e` and `-w` pass through
 //! (one container); `run -d`, `logs`, `top`, `exec` (output and exit
 //! code), `stop` with a TERM trap, the exit code and `rm` (a second one).
-//! Docker's default bridge network needs engine-mode networking, which husk
-//! does not have yet: hence `--network none`.
+//! Engine-mode networking (`-p`, user networks) is checked by hand so far,
+//! not here: hence `--network none`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

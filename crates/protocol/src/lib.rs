@@ -71,6 +71,12 @@ pub const MAGIC: u32 = u32::from_be_bytes(*b"husk");
 /// The vsock port the agent listens on in the guest.
 pub const AGENT_PORT: u32 = 1024;
 
+/// The host's vsock port (guest to host) of the DNS forwarder: DNS
+/// messages framed as over TCP (a 2-byte big-endian length before each),
+/// which the host sends to the resolver the guest cannot reach itself
+/// (an engine's embedded DNS on the network namespace's loopback).
+pub const DNS_PORT: u32 = 53;
+
 /// The host's vsock context id (fixed by the vsock specification).
 pub const HOST_CID: u64 = 2;
 

@@ -1198,6 +1198,7 @@ impl Engine {
         match &c.config.network.mode {
             NetworkMode::None => "none".into(),
             NetworkMode::Default => crate::net::DEFAULT_NETWORK.into(),
+            NetworkMode::Engine => "engine".into(),
             NetworkMode::Named(id) => self
                 .networks()
                 .ok()

@@ -421,6 +421,18 @@ fn run_once(
     attach_first: bool,
 ) -> Option<i32> {
     mon.set_phase(Phase::Booting);
+    if mon.oci {
+        // An engine finishes the container's network namespace between
+        // create and start (Docker 20.10 in its prestart hook, which runs
+        // once this monitor is up; newer Docker and CNI after create): the
+        // VM boots at start, with the namespace's network as it is then.
+        while !mon.start_requested.load(Ordering::SeqCst) && !mon.cancel.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if mon.cancel.load(Ordering::SeqCst) {
+            return cancelled_code();
+        }
+    }
     let fail = |msg: String| {
         log::error!("{msg}");
         mon.update(|s| s.error = Some(msg.clone()));
@@ -468,10 +480,11 @@ fn run_once(
     // The network: passt, or a TAP on a user-defined network's bridge,
     // and the container's /etc/hosts and /etc/resolv.conf. It ends with
     // this run.
-    let attachment = match crate::net::attach::attach(images.root(), container) {
-        Ok(a) => a,
-        Err(e) => return fail(format!("cannot set up the network: {}", error_chain(&e))),
-    };
+    let attachment =
+        match crate::net::attach::attach(images.root(), container, &dir_path.join("vsock.sock")) {
+            Ok(a) => a,
+            Err(e) => return fail(format!("cannot set up the network: {}", error_chain(&e))),
+        };
     if let Some(pid) = attachment.passt_pid() {
         log::info!("network: passt (pid {pid})");
     }
@@ -497,7 +510,11 @@ fn run_once(
         vcpus: cfg.vcpus,
         dir: dir_path,
         boot_timeout: Duration::from_secs(cfg.vm.boot_timeout_s.max(1)),
-        cmdline_extra: cfg.vm.kernel_args.clone(),
+        cmdline_extra: std::iter::once(cfg.vm.kernel_args.as_str())
+            .chain(attachment.kernel_args.iter().map(String::as_str))
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
         console_to_stderr: cfg.vm.console,
         cancel: Some(mon.cancel.clone()),
         hostname: Some(container.hostname()),

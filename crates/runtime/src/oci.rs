@@ -405,9 +405,12 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
         auto_remove: false,
         rootfs_via: RootfsVia::Bundle { read_only },
         vm,
-        // Engine-mode networking (the veth of the spec's namespace carried
-        // into the VM) is not built yet: the guest has only `lo`.
-        network: Default::default(),
+        // The interface the engine puts in the namespace, carried into
+        // the VM when it boots (at start).
+        network: crate::net::NetworkConfig {
+            mode: crate::net::NetworkMode::Engine,
+            ..Default::default()
+        },
         oci: Some(OciConfig {
             bundle: bundle.to_owned(),
             annotations,

@@ -28,6 +28,12 @@ pub enum AttachError {
     /// A user-defined network failed.
     #[error(transparent)]
     Network(#[from] super::store::NetworkError),
+    /// The engine's network namespace could not be carried into the VM.
+    #[error(transparent)]
+    Netns(#[from] super::netns::NetnsError),
+    /// The DNS relay could not start.
+    #[error(transparent)]
+    Dns(#[from] super::dns::DnsError),
 }
 
 /// A container's network for one run.
@@ -40,8 +46,12 @@ pub struct Attachment {
     pub volumes: Vec<Volume>,
     /// What `inspect` shows while it runs.
     pub state: Option<NetworkState>,
+    /// Words for the guest's kernel command line (`husk.dns=`).
+    pub kernel_args: Vec<String>,
     passt: Option<Passt>,
     bridge: Option<super::store::Endpoint>,
+    engine: Option<super::netns::EngineNet>,
+    dns: Option<super::dns::DnsForwarder>,
 }
 
 impl Attachment {
@@ -54,6 +64,8 @@ impl Attachment {
     /// containers' `/etc/hosts` forget this one). Also done on drop.
     pub fn detach(&mut self) {
         self.passt = None;
+        self.dns = None;
+        self.engine = None;
         if let Some(ep) = self.bridge.take() {
             ep.leave();
         }
@@ -99,11 +111,92 @@ pub fn names_of(c: &Container) -> Vec<String> {
     v
 }
 
-/// Sets up the network of one run of `c` (`root`: the store's root).
-pub fn attach(root: &std::path::Path, c: &Container) -> Result<Attachment, AttachError> {
+/// The loopback nameservers of a `resolv.conf` (which a guest cannot
+/// reach where they are: on the host side of the VM).
+pub fn loopback_nameservers(resolv: &str) -> Vec<std::net::Ipv4Addr> {
+    let mut v = Vec::new();
+    for line in resolv.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("nameserver") {
+            continue;
+        }
+        if let Some(Ok(ip)) = w.next().map(str::parse::<std::net::Ipv4Addr>)
+            && ip.is_loopback()
+            && !v.contains(&ip)
+            && v.len() < 3
+        {
+            v.push(ip);
+        }
+    }
+    v
+}
+
+/// Engine mode: the namespace's interface carried into the VM, and a DNS
+/// relay for the loopback resolvers of the `/etc/resolv.conf` the engine
+/// bind-mounts (Docker's 127.0.0.11).
+fn attach_engine(c: &Container, vsock_uds: &std::path::Path) -> Result<Attachment, AttachError> {
+    let mut a = Attachment::default();
+    if let Some(engine) = super::netns::EngineNet::attach()? {
+        let nic = engine.found.nic.clone();
+        a.state = Some(NetworkState {
+            network: "engine".into(),
+            network_id: "engine".into(),
+            ip: nic.ip,
+            prefix: nic.prefix,
+            gateway: nic.gateway,
+            mac: mac_text(&nic.mac),
+            mtu: nic.mtu,
+            ports: Vec::new(),
+            backend: format!("tap (tc mirred from {})", engine.found.ifname),
+            interface: Some(super::netns::TAP_NAME.into()),
+        });
+        let tap = engine
+            .tap
+            .as_ref()
+            .map(|fd| fd.try_clone())
+            .transpose()
+            .map_err(super::netns::NetnsError::Tap)?;
+        if let Some(tap) = tap {
+            a.sandbox = Some(SandboxNet {
+                nic,
+                backend: crate::NetFd::Tap(Arc::new(tap)),
+            });
+        }
+        a.engine = Some(engine);
+    }
+    let resolv = c
+        .config
+        .volumes
+        .iter()
+        .find(|v| v.guest == "/etc/resolv.conf")
+        .and_then(|v| std::fs::read_to_string(&v.host).ok())
+        .unwrap_or_default();
+    let relayed = loopback_nameservers(&resolv);
+    if !relayed.is_empty() {
+        let port = husk_protocol::DNS_PORT;
+        let path = std::path::PathBuf::from(format!("{}_{port}", vsock_uds.display()));
+        let upstream = relayed
+            .iter()
+            .map(|ip| std::net::SocketAddr::from((*ip, 53)))
+            .collect();
+        a.dns = Some(super::dns::DnsForwarder::start(&path, upstream)?);
+        a.kernel_args = relayed.iter().map(|ip| format!("husk.dns={ip}")).collect();
+        log::info!("network: DNS to {relayed:?} relayed from the guest");
+    }
+    Ok(a)
+}
+
+/// Sets up the network of one run of `c` (`root`: the store's root;
+/// `vsock_uds`: the vsock device's socket, for the DNS relay).
+pub fn attach(
+    root: &std::path::Path,
+    c: &Container,
+    vsock_uds: &std::path::Path,
+) -> Result<Attachment, AttachError> {
     let cfg = &c.config.network;
     match &cfg.mode {
         NetworkMode::None => Ok(Attachment::default()),
+        NetworkMode::Engine => attach_engine(c, vsock_uds),
         NetworkMode::Default => {
             let ports = super::passt::resolve_ports(&cfg.ports)?;
             let (passt, fd) =
@@ -141,8 +234,11 @@ pub fn attach(root: &std::path::Path, c: &Container) -> Result<Attachment, Attac
                     backend: crate::NetFd::Stream(Arc::new(fd)),
                 }),
                 volumes,
+                kernel_args: Vec::new(),
                 passt: Some(passt),
                 bridge: None,
+                engine: None,
+                dns: None,
             })
         }
         NetworkMode::Named(id) => {
@@ -157,9 +253,25 @@ pub fn attach(root: &std::path::Path, c: &Container) -> Result<Attachment, Attac
                     backend: crate::NetFd::Tap(ep.tap_fd()),
                 }),
                 volumes,
+                kernel_args: Vec::new(),
                 passt: None,
                 bridge: Some(ep),
+                engine: None,
+                dns: None,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_nameservers_are_relayed() {
+        let r = "search x\nnameserver 127.0.0.11\nnameserver 8.8.8.8\noptions ndots:0\nnameserver 127.0.0.11\n";
+        assert_eq!(
+            super::loopback_nameservers(r),
+            vec![std::net::Ipv4Addr::new(127, 0, 0, 11)]
+        );
+        assert!(super::loopback_nameservers("nameserver 10.0.2.3\nnameserver bogus\n").is_empty());
     }
 }

@@ -19,6 +19,8 @@
 
 pub mod attach;
 pub mod bridge;
+pub mod dns;
+pub mod netns;
 pub mod passt;
 pub mod ports;
 pub mod proxy;
@@ -63,6 +65,10 @@ pub enum NetworkMode {
     Default,
     /// A user-defined network, by id.
     Named(String),
+    /// Engine mode (a container from an OCI bundle): the interface the
+    /// engine made in the monitor's network namespace, carried into the VM
+    /// ([`netns`]).
+    Engine,
 }
 
 /// `--add-host`'s special address: the host itself.
