@@ -59,7 +59,7 @@ pub const PVM_ARGS: &[&str] = &[
 ];
 
 /// See [`PVM_ARGS`].
-pub const PVM_GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-F16C";
+pub const PVM_GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-F16C,-AVX_Fast_Unaligned_Load";
 
 /// Builds a command line: husk's base arguments, the compatibility arguments
 /// the host needs, the power-off port, then the caller's extra arguments
