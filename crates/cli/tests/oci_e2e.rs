@@ -26,6 +26,11 @@ struct Dockerd {
 
 impl Dockerd {
     fn start(dir: &Path, runtime: &Path) -> Dockerd {
+        Self::start_with(dir, runtime, false)
+    }
+
+    /// `iptables`: Docker's NAT and port rules on (user networks, `-p`).
+    fn start_with(dir: &Path, runtime: &Path, iptables: bool) -> Dockerd {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
@@ -43,7 +48,8 @@ impl Dockerd {
             // A plain directory per container (no overlay-on-overlay), no
             // default bridge and no iptables changes on the host.
             .args(["--storage-driver", "vfs", "--bridge", "none"])
-            .args(["--iptables=false", "--ip-masq=false"])
+            .arg(format!("--iptables={iptables}"))
+            .arg(format!("--ip-masq={iptables}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -286,6 +292,137 @@ fn docker_runs_containers_in_husk_microvms() {
     drop(d);
     eprintln!(
         "oci_e2e: docker_runs_containers_in_husk_microvms took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// The runtime script and the busybox image, for a dockerd in `dir`.
+fn runtime_script(dir: &Path) -> PathBuf {
+    let runtime = dir.join("husk-oci");
+    std::fs::write(
+        &runtime,
+        format!(
+            "#!/bin/sh\nexport HUSK_KERNEL={} HUSK_AGENT={}\nexec {} oci \"$@\"\n",
+            husk_e2e::guest_kernel().display(),
+            husk_e2e::agent_binary().display(),
+            env!("CARGO_BIN_EXE_husk"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    runtime
+}
+
+#[test]
+fn docker_networks_reach_husk_microvms() {
+    require_kvm();
+    let t0 = Instant::now();
+    ensure_docker();
+    let dir = husk_e2e::scratch("oci-docker-net");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let runtime = runtime_script(&dir);
+    let d = Dockerd::start_with(&dir.join("d"), &runtime, true);
+    // A busybox root with a page to serve.
+    let root = dir.join("root");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(husk_e2e::busybox_rootfs())
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::write(root.join("www/index.html"), "hello from a docker network\n").unwrap();
+    let tar = dir.join("bb.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d.ok(&[
+        "import",
+        "-c",
+        "ENV PATH=/bin",
+        tar.to_str().unwrap(),
+        "husk-bb",
+    ]);
+    d.ok(&["network", "create", "--subnet", "172.31.252.0/24", "hknet"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("{port}:80");
+    let web = d
+        .ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            "husk",
+            "--network",
+            "hknet",
+            "--name",
+            "web",
+            "-p",
+            &publish,
+            "husk-bb",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .trim()
+        .to_string();
+    // -p: a host GET through Docker's port forward to the guest.
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let page = loop {
+        let o = Command::new("busybox")
+            .args(["wget", "-q", "-O", "-", &url])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break text(&o.stdout);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer on {url}: {}",
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(page, "hello from a docker network\n");
+    // By name, through Docker's embedded DNS (127.0.0.11), relayed out of
+    // the VM.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "husk",
+        "--network",
+        "hknet",
+        "husk-bb",
+        "sh",
+        "-c",
+        "nslookup web 127.0.0.11 | grep -c 172.31.252.; wget -q -O - http://web/index.html",
+    ]);
+    assert_eq!(out, "1\nhello from a docker network\n");
+    d.ok(&["rm", "-f", &web]);
+    d.ok(&["network", "rm", "hknet"]);
+    drop(d);
+    eprintln!(
+        "oci_e2e: docker_networks_reach_husk_microvms took {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 }
