@@ -361,7 +361,7 @@ fn host_footprint(root: &str) -> (Vec<String>, String, Vec<String>) {
     .collect();
     let rules = text(
         &Command::new("nft")
-            .args(["list", "ruleset"])
+            .args(["-s", "list", "ruleset"])
             .output()
             .map(|o| o.stdout)
             .unwrap_or_default(),
