@@ -167,22 +167,7 @@ fn docker_runs_containers_in_husk_microvms() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     // The runtime Docker calls: `husk oci`, with the test's kernel and agent.
-    let runtime = dir.join("husk-oci");
-    std::fs::write(
-        &runtime,
-        format!(
-            "#!/bin/sh\nexport HUSK_KERNEL={} HUSK_AGENT={}\nexec {} oci \"$@\"\n",
-            husk_e2e::guest_kernel().display(),
-            husk_e2e::agent_binary().display(),
-            env!("CARGO_BIN_EXE_husk"),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let runtime = runtime_script(&dir);
     let d = Dockerd::start(&dir.join("d"), &runtime);
 
     // The image, offline: a busybox root directory as a tar.
