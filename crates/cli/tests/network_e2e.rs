@@ -3,7 +3,8 @@
 //! the host's own address, the host's loopback out of reach, DNS and
 //! /etc/hosts; `--network none`; user-defined networks (root: a bridge per
 //! network, name resolution inside one, isolation between two, `-p`
-//! through the userland proxy, nothing left behind); and Docker's errors,
+//! through the userland proxy, nothing left behind, on a host whose
+//! iptables drops forwarded traffic as Docker's does); and Docker's errors,
 //! which boot nothing. (busybox 1.35's `wget -T` crashes when its timer
 //! fires, so the guest side bounds waits with `timeout`.) Boots cost ~25-60 s on PVM hosts, so one container
 //! serves many checks.
@@ -369,6 +370,91 @@ fn host_footprint(root: &str) -> (Vec<String>, String, Vec<String>) {
     (links, rules, husk_e2e::processes_matching(root))
 }
 
+/// The host as Docker with iptables leaves it: iptables' `FORWARD` policy
+/// DROP and bridged traffic through iptables (br_netfilter's
+/// `bridge-nf-call-iptables`), for the test's length; restored on drop,
+/// panic or not. Needs Debian's iptables (`./dev setup` installs it).
+struct DockerLikeForwarding {
+    policy: String,
+    made_table: bool,
+    bridge_nf: Option<String>,
+}
+
+const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+fn iptables(args: &[&str]) -> String {
+    let o = Command::new("iptables")
+        .args(args)
+        .output()
+        .expect("iptables (Debian's iptables package; ./dev setup installs it)");
+    assert!(o.status.success(), "iptables {args:?}: {}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+impl DockerLikeForwarding {
+    fn set() -> DockerLikeForwarding {
+        let had_table = Command::new("nft")
+            .args(["list", "table", "ip", "filter"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let listing = iptables(&["-w", "-S", "FORWARD"]);
+        let policy = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("-P FORWARD "))
+            .unwrap_or("ACCEPT")
+            .trim()
+            .to_owned();
+        iptables(&["-w", "-P", "FORWARD", "DROP"]);
+        let bridge_nf = std::fs::read_to_string(BRIDGE_NF).ok();
+        if bridge_nf.is_some() {
+            std::fs::write(BRIDGE_NF, "1").unwrap();
+        }
+        eprintln!(
+            "host set as Docker leaves it: iptables FORWARD policy DROP (was {policy}), \
+             bridge-nf-call-iptables {}",
+            if bridge_nf.is_some() {
+                "1"
+            } else {
+                "absent (no br_netfilter)"
+            }
+        );
+        DockerLikeForwarding {
+            policy,
+            made_table: !had_table,
+            bridge_nf,
+        }
+    }
+}
+
+impl Drop for DockerLikeForwarding {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-w", "-P", "FORWARD", &self.policy])
+            .status();
+        if self.made_table {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", "filter"])
+                .status();
+        }
+        if let Some(v) = &self.bridge_nf {
+            let _ = std::fs::write(BRIDGE_NF, v.trim());
+        }
+    }
+}
+
+/// Removes what the user-network test made, if it fails half way (a
+/// bridge left behind makes the next run's subnets overlap).
+struct UserNetCleanup<'a>(&'a Cli);
+
+impl Drop for UserNetCleanup<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.out(&["rm", "-f", "web"]);
+            let _ = self.0.out(&["network", "rm", "n1", "n2"]);
+        }
+    }
+}
+
 #[test]
 fn user_defined_networks_resolve_names_isolate_and_clean_up() {
     require_kvm();
@@ -381,6 +467,10 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
     let t0 = Instant::now();
     let h = husk("net-e2e-user");
     let root = h.root.display().to_string();
+    // Declared first, dropped last: the cleanup runs while the host is
+    // still set up as Docker leaves it.
+    let _forwarding = DockerLikeForwarding::set();
+    let _cleanup = UserNetCleanup(&h);
     let before = host_footprint(&root);
     let hip = host_ip();
     let (out_port, _) = http_server(&format!("{hip}:0"), "hello-from-host");
@@ -436,7 +526,9 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
     );
 
     // A client on n1 (by name and alias, and outbound through NAT) and
-    // one on n2 (isolated), side by side.
+    // one on n2 (isolated), side by side. Four VMs on two cores make a
+    // first connection slow (ARP, SYN retries): n1's client tries three
+    // times; n2's, which must fail, once.
     let on_n1 = Cli::run_args(
         false,
         &["--rm", "--network", "n1"],
@@ -444,7 +536,8 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
             "sh",
             "-c",
             &format!(
-                "echo A=$(timeout 10 wget -q -O - http://web:8080/); echo B=$(timeout 10 wget -q -O - http://www:8080/); echo C=$(timeout 10 wget -q -O - http://{hip}:{out_port}/)"
+                "get() {{ for i in 1 2 3; do r=$(timeout 10 wget -q -O - $1) && echo $r && return; done; }}; \
+                 echo A=$(get http://web:8080/); echo B=$(get http://www:8080/); echo C=$(get http://{hip}:{out_port}/)"
             ),
         ],
     );

@@ -15,9 +15,15 @@
 //! Traffic between containers of one network is bridged, not routed, and
 //! never reaches these chains (unless br_netfilter is loaded, where the
 //! rules above still let it pass).
+//!
+//! On a host whose iptables filters forwarded traffic (Docker with
+//! iptables makes `FORWARD`'s policy DROP), two tagged ACCEPT rules per
+//! network go at the top of iptables' `FORWARD` too, as libvirt's do:
+//! see [`ensure_iptables_accept`].
 
 use std::net::Ipv4Addr;
-use std::process::Command;
+
+use super::cmd::{self, CmdError};
 
 /// Bridges are named `hkbr` and 10 hex digits of the network id.
 pub const BRIDGE_PREFIX: &str = "hkbr";
@@ -29,25 +35,9 @@ pub const TABLE: &str = "husk";
 /// Why a host network operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    /// A tool could not be run.
-    #[error("cannot run {tool} (from Debian's {package} package)")]
-    Tool {
-        /// The command.
-        tool: &'static str,
-        /// Where it comes from.
-        package: &'static str,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A tool failed.
-    #[error("{command} failed: {stderr}")]
-    Failed {
-        /// The command line.
-        command: String,
-        /// What it printed.
-        stderr: String,
-    },
+    /// `ip`, `nft` or `iptables` failed.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
     /// Enabling IP forwarding failed.
     #[error("cannot enable IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")]
     Forwarding(#[source] std::io::Error),
@@ -56,31 +46,12 @@ pub enum BridgeError {
     Tap(String, #[source] std::io::Error),
 }
 
-fn run(tool: &'static str, package: &'static str, args: &[&str]) -> Result<String, BridgeError> {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .map_err(|source| BridgeError::Tool {
-            tool,
-            package,
-            source,
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(BridgeError::Failed {
-            command: format!("{tool} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
-
 fn ip(args: &[&str]) -> Result<String, BridgeError> {
-    run("ip", "iproute2", args)
+    Ok(cmd::run("ip", args)?)
 }
 
 fn nft(args: &[&str]) -> Result<String, BridgeError> {
-    run("nft", "nftables", args)
+    Ok(cmd::run("nft", args)?)
 }
 
 /// The bridge name of network `id`.
@@ -141,7 +112,8 @@ pub fn create(
         ])?;
         ip(&["link", "set", &br, "up"])?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(BridgeError::Forwarding)?;
-        add_rules(id, subnet, internal)
+        add_rules(id, subnet, internal)?;
+        ensure_iptables_accept(id)
     })();
     if done.is_err() {
         let _ = remove(id);
@@ -179,43 +151,15 @@ fn add_rules(id: &str, subnet: (Ipv4Addr, u8), internal: bool) -> Result<(), Bri
 }
 
 fn nft_script(script: &str) -> Result<(), BridgeError> {
-    use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|source| BridgeError::Tool {
-            tool: "nft",
-            package: "nftables",
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(script.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| BridgeError::Tool {
-            tool: "nft",
-            package: "nftables",
-            source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BridgeError::Failed {
-            command: format!("nft -f - <<< {script:?}"),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
+    cmd::run_with_stdin("nft", &["-f", "-"], Some(script))?;
+    Ok(())
 }
 
 /// Removes network `id`'s rules (by handle) and bridge; the table goes
 /// when no rule is left in it. Parts already gone are no error.
 pub fn remove(id: &str) -> Result<(), BridgeError> {
     let tag = comment(id);
-    let mut first_err = None;
+    let mut first_err = remove_iptables(id).err();
     if let Ok(text) = nft(&["-a", "list", "table", "ip", TABLE]) {
         let (mine, left) = rules_tagged(&text, &tag);
         for (chain, handle) in mine {
@@ -270,6 +214,123 @@ fn rules_tagged(text: &str, tag: &str) -> (Vec<(String, String)>, usize) {
     (mine, left)
 }
 
+/// The rules network `id` needs in iptables' `FORWARD` chain on a host
+/// whose iptables filters forwarded traffic (Docker with iptables sets
+/// its policy to DROP, and with br_netfilter even traffic between two
+/// ports of one bridge passes that chain): an nftables accept in our own
+/// table cannot overrule a drop in another base chain, so, as libvirt and
+/// LXD do, the bridge's traffic is accepted there too. Traffic that our
+/// table drops (isolation, `--internal`) stays dropped: a drop in any
+/// base chain is final.
+fn iptables_rules(id: &str) -> [Vec<String>; 2] {
+    let br = bridge_name(id);
+    let tag = comment(id);
+    let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    [
+        own(&[
+            "-i",
+            &br,
+            "-m",
+            "comment",
+            "--comment",
+            &tag,
+            "-j",
+            "ACCEPT",
+        ]),
+        own(&[
+            "-o",
+            &br,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-m",
+            "comment",
+            "--comment",
+            &tag,
+            "-j",
+            "ACCEPT",
+        ]),
+    ]
+}
+
+/// iptables' `FORWARD` chain as `iptables -S` prints it, or `None` when
+/// iptables is not installed or cannot list it (no iptables, no rules).
+/// Listing creates nothing, with either backend.
+fn iptables_forward() -> Option<String> {
+    match cmd::run("iptables", &["-w", "-S", "FORWARD"]) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            log::debug!("network: no iptables FORWARD chain: {e}");
+            None
+        }
+    }
+}
+
+/// Whether a `FORWARD` chain listing can drop anything: a policy other
+/// than ACCEPT, or any rule.
+fn forward_filters(listing: &str) -> bool {
+    listing
+        .lines()
+        .map(str::trim)
+        .any(|l| !l.is_empty() && l != "-P FORWARD ACCEPT")
+}
+
+/// Makes sure iptables lets network `id`'s traffic through, when the
+/// host's iptables filters forwarded traffic at all (checked at network
+/// create and again at each container start: Docker may have started in
+/// between). Nothing is added to a host whose iptables is absent or empty.
+pub fn ensure_iptables_accept(id: &str) -> Result<(), BridgeError> {
+    let Some(listing) = iptables_forward() else {
+        return Ok(());
+    };
+    if !forward_filters(&listing) {
+        return Ok(());
+    }
+    for rule in iptables_rules(id) {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        let mut check = vec!["-w", "-C", "FORWARD"];
+        check.extend(&rule);
+        if cmd::run("iptables", &check).is_ok() {
+            continue;
+        }
+        let mut insert = vec!["-w", "-I", "FORWARD", "1"];
+        insert.extend(&rule);
+        cmd::run("iptables", &insert)?;
+    }
+    Ok(())
+}
+
+/// Removes network `id`'s iptables rules, if there are any.
+fn remove_iptables(id: &str) -> Result<(), BridgeError> {
+    let tag = comment(id);
+    let Some(listing) = iptables_forward() else {
+        return Ok(());
+    };
+    if !listing.contains(&tag) {
+        return Ok(());
+    }
+    for rule in iptables_rules(id) {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        let mut delete = vec!["-w", "-D", "FORWARD"];
+        delete.extend(&rule);
+        // Inserted once per ensure that found it missing; a copy made by
+        // hand or by a racing start goes too (bounded, in case -D lies).
+        for _ in 0..16 {
+            if cmd::run("iptables", &delete).is_err() {
+                break;
+            }
+        }
+    }
+    match iptables_forward() {
+        Some(l) if l.contains(&tag) => Err(BridgeError::Cmd(CmdError::Failed {
+            command: "iptables -w -D FORWARD".into(),
+            stderr: format!("rules tagged {tag} are still in iptables' FORWARD chain"),
+        })),
+        _ => Ok(()),
+    }
+}
+
 /// Whether network `id`'s bridge exists.
 pub fn exists(id: &str) -> bool {
     std::path::Path::new("/sys/class/net")
@@ -279,6 +340,7 @@ pub fn exists(id: &str) -> bool {
 
 /// Puts TAP `tap` on network `id`'s bridge and sets it up.
 pub fn plug(id: &str, tap: &str) -> Result<(), BridgeError> {
+    ensure_iptables_accept(id)?;
     ip(&["link", "set", tap, "master", &bridge_name(id)])?;
     ip(&["link", "set", tap, "up"])?;
     Ok(())
@@ -309,6 +371,29 @@ mod tests {
         );
         assert_eq!(left, 1);
         assert_eq!(rules_tagged(text, "husk:000000000000").1, 3);
+    }
+
+    #[test]
+    fn only_a_forward_chain_that_filters_needs_rules() {
+        assert!(!forward_filters("-P FORWARD ACCEPT\n"));
+        assert!(!forward_filters(""));
+        assert!(forward_filters("-P FORWARD DROP\n"));
+        assert!(forward_filters(
+            "-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j REJECT\n"
+        ));
+    }
+
+    #[test]
+    fn iptables_rules_are_tagged_and_scoped_to_the_bridge() {
+        let [inbound, replies] = iptables_rules("0123456789abcdef");
+        assert_eq!(
+            inbound.join(" "),
+            "-i hkbr0123456789 -m comment --comment husk:0123456789ab -j ACCEPT"
+        );
+        assert_eq!(
+            replies.join(" "),
+            "-o hkbr0123456789 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment husk:0123456789ab -j ACCEPT"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 pub mod attach;
 pub mod bridge;
+pub mod cmd;
 pub mod dns;
 pub mod netns;
 pub mod passt;

@@ -20,9 +20,9 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::process::Command;
 
 use super::GuestNic;
+use super::cmd::{self, CmdError};
 
 /// The TAP's name inside the container's namespace (one per namespace).
 pub const TAP_NAME: &str = "husktap0";
@@ -35,23 +35,9 @@ pub const OWN_PORTS_FIRST: u16 = 61440;
 /// Why the namespace's network could not be carried into the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    /// A tool could not be run.
-    #[error("cannot run {tool} (from Debian's iproute2 package)")]
-    Tool {
-        /// The command.
-        tool: &'static str,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A tool failed.
-    #[error("{command} failed: {stderr}")]
-    Failed {
-        /// The command line.
-        command: String,
-        /// What it printed.
-        stderr: String,
-    },
+    /// `ip` or `tc` failed.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
     /// `ip -j` printed something else than expected.
     #[error("cannot parse the output of {command}")]
     Parse {
@@ -67,18 +53,7 @@ pub enum NetnsError {
 }
 
 fn run(tool: &'static str, args: &[&str]) -> Result<String, NetnsError> {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .map_err(|source| NetnsError::Tool { tool, source })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NetnsError::Failed {
-            command: format!("{tool} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
+    Ok(cmd::run(tool, args)?)
 }
 
 fn ip_json(args: &[&str]) -> Result<serde_json::Value, NetnsError> {
