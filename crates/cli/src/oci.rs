@@ -31,7 +31,8 @@ pub struct OciCli {
     /// The format of --log.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Accepted for compatibility: husk does not join cgroups.
+    /// linux.cgroupsPath is systemd's slice:prefix:name (expanded to the
+    /// cgroup directory systemd would use; no unit is registered).
     #[arg(long, global = true)]
     systemd_cgroup: bool,
     /// Debug logging (and the guest console in each container's monitor.log).
@@ -348,9 +349,6 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
             "no command given (create, start, state, kill, delete, exec, ps, pause, resume, features)"
         );
     };
-    if cli.systemd_cgroup {
-        log::debug!("--systemd-cgroup: husk does not join cgroups");
-    }
     if let OciCommand::Features = command {
         println!("{:#}", husk_runtime::oci::features());
         return Ok(ExitCode::SUCCESS);
@@ -381,6 +379,7 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
                 bundle,
                 pid_file,
                 console_socket,
+                systemd_cgroup: cli.systemd_cgroup,
                 vm: vm_settings(cli.debug)?,
             };
             warn_all(rt.create(&id, &req)?);

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cgroup;
 pub mod container;
 pub mod control;
 pub mod engine;

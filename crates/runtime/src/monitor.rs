@@ -652,19 +652,10 @@ fn run_once(
 
 /// The code of a container whose start was given up (a kill or stop
 /// during boot): 128 + SIGKILL, as Docker reports a killed container.
+use crate::oci::error_chain;
+
 fn cancelled_code() -> Option<i32> {
     Some(ExitStatus::Signal(9).shell_code())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Host-side resource use of this process (which holds the VM).

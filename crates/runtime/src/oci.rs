@@ -98,6 +98,9 @@ pub enum OciError {
     /// The lifecycle API failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// `linux.cgroupsPath` could not be joined.
+    #[error("cannot put the container's VM in its cgroup")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// A file could not be used.
     #[error("cannot {what} {path}")]
     Io {
@@ -172,6 +175,10 @@ pub struct OciConfig {
     pub netns: NetNs,
     /// When `create` ran, RFC 3339 with nanoseconds.
     pub created: String,
+    /// `linux.cgroupsPath` and the limits written there (none: the
+    /// monitor stays in the caller's cgroup).
+    #[serde(default)]
+    pub cgroup: Option<crate::cgroup::CgroupSpec>,
 }
 
 /// A bundle translated into a container, and what of it husk does not do.
@@ -287,16 +294,20 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
         .collect();
     let linux = spec.linux().as_ref();
     let resources = linux.and_then(|l| l.resources().as_ref());
+    let memory_limit = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| l as u64);
     let memory_mib = match annotations.get("io.husk.memory") {
         Some(v) => v.parse::<u64>().ok().filter(|m| *m > 0).ok_or_else(|| {
             OciError::Unsupported(format!("annotation io.husk.memory={v:?}: expected MiB"))
         })?,
-        None => match resources
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-        {
-            Some(limit) if limit > 0 => (limit as u64).div_ceil(1 << 20),
-            _ => DEFAULT_MEMORY_MIB,
+        // The limit is the whole VM's (its cgroup's): the guest gets what
+        // the VMM leaves of it.
+        None => match memory_limit {
+            Some(limit) => (limit >> 20).saturating_sub(crate::cgroup::VMM_OVERHEAD_MIB),
+            None => DEFAULT_MEMORY_MIB,
         },
     };
     if memory_mib < MIN_MEMORY_MIB {
@@ -305,6 +316,21 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
         ));
     }
     let memory_mib = memory_mib.max(MIN_MEMORY_MIB);
+    // A limit too small for the VM would have the kernel kill it as soon
+    // as the guest touched its memory: the cgroup gets what the VM needs.
+    let vm_needs = (memory_mib + crate::cgroup::VMM_OVERHEAD_MIB) << 20;
+    let memory_limit = memory_limit.map(|l| {
+        if l < vm_needs {
+            warnings.push(format!(
+                "a memory limit of {} MiB is below what a {memory_mib} MiB VM needs; its cgroup gets {} MiB",
+                l >> 20,
+                vm_needs >> 20
+            ));
+            vm_needs
+        } else {
+            l
+        }
+    });
     let cpus = match annotations.get("io.husk.cpus") {
         Some(v) => v.parse::<u8>().ok().filter(|c| *c > 0).ok_or_else(|| {
             OciError::Unsupported(format!("annotation io.husk.cpus={v:?}: expected 1 to 255"))
@@ -351,12 +377,14 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
     }) {
         warnings.push("linux.maskedPaths and readonlyPaths are not applied in the guest".into());
     }
-    if linux.is_some_and(|l| l.cgroups_path().is_some()) {
-        warnings.push(
-            "linux.cgroupsPath is not joined: the VM's host process stays in the caller's cgroup"
-                .into(),
-        );
-    }
+    // Resolved (systemd form, validity) by `create`, which knows
+    // --systemd-cgroup.
+    let cgroup = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| crate::cgroup::CgroupSpec {
+            path: p.display().to_string(),
+            limits: cgroup_limits(resources, memory_limit),
+        });
 
     let hooks = spec.hooks().as_ref();
     let conv = |v: Option<&Vec<oci_spec::runtime::Hook>>| -> Vec<HookSpec> {
@@ -418,6 +446,7 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
             console_socket: None,
             netns,
             created: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+            cgroup,
         }),
     };
     Ok(Translation { config, warnings })
@@ -502,6 +531,25 @@ pub fn state_json(c: &Container) -> serde_json::Value {
 }
 
 /// What the runtime supports (`husk oci features`), in the spec's
+/// The limits of `linux.resources` that go to the VM's cgroup
+/// (`memory`: the limit as the VM's size made it).
+fn cgroup_limits(
+    resources: Option<&oci_spec::runtime::LinuxResources>,
+    memory: Option<u64>,
+) -> crate::cgroup::Limits {
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    crate::cgroup::Limits {
+        memory,
+        cpu_shares: cpu.and_then(|c| c.shares()),
+        cpu_quota: cpu.and_then(|c| c.quota()),
+        cpu_period: cpu.and_then(|c| c.period()),
+        // Docker writes "" for "not set": an empty cpuset takes no task.
+        cpuset_cpus: cpu.and_then(|c| c.cpus().clone()).filter(|c| !c.is_empty()),
+        cpuset_mems: cpu.and_then(|c| c.mems().clone()).filter(|m| !m.is_empty()),
+        pids: resources.and_then(|r| r.pids().as_ref()).map(|p| p.limit()),
+    }
+}
+
 /// features format.
 pub fn features() -> serde_json::Value {
     serde_json::json!({
@@ -512,7 +560,7 @@ pub fn features() -> serde_json::Value {
         "linux": {
             "namespaces": ["network"],
             "capabilities": [],
-            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false },
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
             "seccomp": { "enabled": false },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
@@ -533,6 +581,8 @@ pub struct CreateRequest {
     pub pid_file: Option<PathBuf>,
     /// `--console-socket`.
     pub console_socket: Option<PathBuf>,
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is `slice:prefix:name`.
+    pub systemd_cgroup: bool,
     /// The guest kernel and agent.
     pub vm: VmSettings,
 }
@@ -597,6 +647,9 @@ impl OciRuntime {
             ));
         }
         let netns_new = if let Some(oci) = config.oci.as_mut() {
+            if let Some(cg) = oci.cgroup.as_mut() {
+                cg.path = crate::cgroup::resolve_path(&cg.path, req.systemd_cgroup)?;
+            }
             oci.console_socket = req
                 .console_socket
                 .as_ref()
@@ -622,6 +675,12 @@ impl OciRuntime {
             e
         };
         let c = self.engine.find(&c.id).map_err(|e| undo(e.into()))?;
+        // Before the pid file is written: the engine reads the cgroup of
+        // that pid (containerd's shim, for stats and OOM events). Nothing
+        // is charged to the caller's cgroup yet: the VM boots at start.
+        if let Some(cg) = c.config.oci.as_ref().and_then(|o| o.cgroup.as_ref()) {
+            crate::cgroup::join(cg, pid).map_err(|e| undo(e.into()))?;
+        }
         let hooks = &c
             .config
             .oci
@@ -699,6 +758,11 @@ impl OciRuntime {
         let state = state_json(&c);
         self.engine.remove(&c.id, true)?;
         let mut warnings = Vec::new();
+        if let Some(cg) = c.config.oci.as_ref().and_then(|o| o.cgroup.as_ref())
+            && let Err(e) = crate::cgroup::remove(cg)
+        {
+            warnings.push(error_chain(&e));
+        }
         for h in c.config.oci.iter().flat_map(|o| &o.hooks.poststop) {
             if let Err(e) = run_hook("poststop", h, &state) {
                 warnings.push(e.to_string());
@@ -898,6 +962,12 @@ impl OciRuntime {
         let _ = std::fs::create_dir_all(&execs);
         let marker = execs.join(me.to_string());
         let _ = std::fs::write(&marker, b"");
+        // As runc puts an exec'd process in the container's cgroup.
+        if let Some(cg) = c.config.oci.as_ref().and_then(|o| o.cgroup.as_ref())
+            && let Err(e) = crate::cgroup::add(cg, me)
+        {
+            log::warn!("exec: {}", error_chain(&e));
+        }
         if let Some(p) = pid_file {
             write_pid_file(p, me)?;
         }
@@ -1309,7 +1379,8 @@ mod tests {
         "annotations": {"io.husk.cpus": "2"},
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}],
-            "resources": {"memory": {"limit": 536870912}}
+            "cgroupsPath": "/docker/abc",
+            "resources": {"memory": {"limit": 536870912}, "cpu": {"shares": 512}, "pids": {"limit": 100}}
         }
     }"#;
 
@@ -1343,10 +1414,16 @@ mod tests {
             "{:?}",
             t.warnings
         );
-        // The annotation wins over the spec for vCPUs; memory from the limit.
+        // The annotation wins over the spec for vCPUs; memory from the
+        // limit, less what the VMM takes of it.
         assert_eq!(c.vcpus, 2);
-        assert_eq!(c.mem_size, 512 << 20);
+        assert_eq!(c.mem_size, (512 - crate::cgroup::VMM_OVERHEAD_MIB) << 20);
         let oci = c.config_oci();
+        let cg = oci.cgroup.as_ref().unwrap();
+        assert_eq!(cg.path, "/docker/abc");
+        assert_eq!(cg.limits.memory, Some(512 << 20));
+        assert_eq!(cg.limits.cpu_shares, Some(512));
+        assert_eq!(cg.limits.pids, Some(100));
         assert_eq!(oci.netns, NetNs::New);
         assert_eq!(oci.hooks.prestart.len(), 1);
         assert_eq!(oci.hooks.prestart[0].args, vec!["true", "x"]);
