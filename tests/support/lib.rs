@@ -7,6 +7,8 @@
 //! requirement is missing they fail and say what to install: they are never
 //! skipped quietly.
 
+pub mod engines;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,250 @@
+//! The container engines husk plugs into, for end-to-end tests and
+//! benchmarks: a dockerd of the caller's own (its own --data-root,
+//! --exec-root, --pidfile and socket; a developer's Docker is untouched)
+//! with husk added as a runtime, Podman with its own storage, and the
+//! runtime script both call. Debian's packages are installed when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DOCKER: &str = "/usr/bin/docker";
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+
+/// A dockerd of the test's own, stopped when dropped.
+#[derive(Debug)]
+pub struct Dockerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Dockerd {
+    pub fn start(dir: &Path, runtime: &Path) -> Dockerd {
+        Self::start_with(dir, runtime, false)
+    }
+
+    /// `iptables`: Docker's NAT and port rules on (user networks, `-p`).
+    pub fn start_with(dir: &Path, runtime: &Path, iptables: bool) -> Dockerd {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new(DOCKERD)
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .arg("--add-runtime")
+            .arg(format!("husk={}", runtime.display()))
+            // A plain directory per container (no overlay-on-overlay), no
+            // default bridge and no iptables changes on the host.
+            .args(["--storage-driver", "vfs", "--bridge", "none"])
+            .arg(format!("--iptables={iptables}"))
+            .arg(format!("--ip-masq={iptables}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let d = Dockerd {
+            dir: dir.to_owned(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not come up: {}",
+                std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        d
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.arg("-H")
+            .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
+            .args(args);
+        c
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    pub fn timed(&self, args: &[&str]) -> Output {
+        let t = Instant::now();
+        let o = self.docker(args);
+        eprintln!(
+            "docker {} -> {:?} in {:.1} s",
+            args.join(" "),
+            o.status.code(),
+            t.elapsed().as_secs_f64()
+        );
+        o
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.timed(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?}: {:?}\nstdout: {}\nstderr: {}\ndockerd log tail: {}",
+            o.status,
+            text(&o.stdout),
+            text(&o.stderr),
+            self.log_tail()
+        );
+        text(&o.stdout)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM: dockerd stops its containerd (and kills containers).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Installs docker.io (which brings containerd and runc) if missing,
+/// without starting the system's Docker service.
+pub fn ensure_docker() {
+    if Path::new(DOCKERD).exists() && Path::new(DOCKER).exists() {
+        return;
+    }
+    eprintln!("installing docker.io");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "export DEBIAN_FRONTEND=noninteractive; \
+             printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
+             (apt-get install -y -qq --no-install-recommends docker.io || \
+              (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker.io)) >/dev/null; \
+             rc=$?; rm -f /usr/sbin/policy-rc.d; exit $rc",
+        )
+        .status()
+        .expect("run apt-get");
+    assert!(st.success(), "installing docker.io failed");
+}
+
+/// The runtime an engine calls, in `dir`: `husk oci` with the tests'
+/// kernel and agent (`husk`: the binary under test).
+pub fn runtime_script(dir: &Path, husk: &Path) -> PathBuf {
+    let runtime = dir.join("husk-oci");
+    std::fs::write(
+        &runtime,
+        format!(
+            "#!/bin/sh\nexport HUSK_KERNEL={} HUSK_AGENT={}\nexec {} oci \"$@\"\n",
+            crate::guest_kernel().display(),
+            crate::agent_binary().display(),
+            husk.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    runtime
+}
+
+/// Installs Debian's podman (with conmon and its network stack) if
+/// missing.
+pub fn ensure_podman() {
+    if Path::new("/usr/bin/podman").exists() {
+        return;
+    }
+    eprintln!("installing podman");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "export DEBIAN_FRONTEND=noninteractive; \
+             (apt-get install -y -qq --no-install-recommends podman || \
+              (apt-get update -qq && apt-get install -y -qq --no-install-recommends podman)) >/dev/null",
+        )
+        .status()
+        .expect("run apt-get");
+    assert!(st.success(), "installing podman failed");
+}
+
+/// Podman 4.3 (Debian's, through conmon) with `--runtime` husk: its own
+/// storage and run directories under the test's scratch directory, the
+/// cgroupfs manager (no systemd here), `--network none`. podman calls
+/// `state` with no `--root`: husk's default root serves it.
+#[derive(Debug)]
+pub struct Podman {
+    /// Its storage and run directories are under this.
+    pub dir: PathBuf,
+    /// The runtime podman calls.
+    pub runtime: PathBuf,
+}
+
+impl Podman {
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        let t = Instant::now();
+        let o = Command::new("podman")
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .arg("--runtime")
+            .arg(&self.runtime)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "podman {} -> {:?} in {:.1} s",
+            args.join(" "),
+            o.status.code(),
+            t.elapsed().as_secs_f64()
+        );
+        o
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args);
+        assert!(
+            o.status.success(),
+            "podman {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            o.status,
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+}
