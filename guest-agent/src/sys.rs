@@ -47,6 +47,19 @@ pub fn mknod_char(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> io:
 
 /// A listening AF_VSOCK stream socket on `port`, any CID.
 pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    let (sock, addr) = vsock_socket(libc::VMADDR_CID_ANY, port)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: addr is a valid sockaddr_vm of the size passed.
+    check(unsafe { libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), VM_ADDR_LEN) })?;
+    // SAFETY: plain listen(2) on our socket.
+    check(unsafe { libc::listen(sock.as_raw_fd(), 16) })?;
+    Ok(sock)
+}
+
+const VM_ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
+/// A fresh vsock stream socket, and the address of `cid`:`port`.
+fn vsock_socket(cid: u32, port: u32) -> io::Result<(OwnedFd, libc::sockaddr_vm)> {
     // SAFETY: plain socket(2) call; the result is checked.
     let fd =
         check(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
@@ -56,34 +69,20 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
     addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    use std::os::fd::AsRawFd;
-    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    check(unsafe { libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), len) })?;
-    // SAFETY: plain listen(2) on our socket.
-    check(unsafe { libc::listen(sock.as_raw_fd(), 16) })?;
-    Ok(sock)
+    addr.svm_cid = cid;
+    Ok((sock, addr))
 }
 
 /// A stream connected to the host (CID 2) on vsock `port`.
 pub fn vsock_connect_host(port: u32) -> io::Result<File> {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let fd =
-        check(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: fd is a fresh socket we own.
-    let sock = unsafe { File::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_HOST;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    let (sock, addr) = vsock_socket(libc::VMADDR_CID_HOST, port)?;
     use std::os::fd::AsRawFd;
     loop {
-        // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-        match check(unsafe { libc::connect(sock.as_raw_fd(), (&raw const addr).cast(), len) }) {
-            Ok(_) => return Ok(sock),
+        // SAFETY: addr is a valid sockaddr_vm of the size passed.
+        match check(unsafe {
+            libc::connect(sock.as_raw_fd(), (&raw const addr).cast(), VM_ADDR_LEN)
+        }) {
+            Ok(_) => return Ok(File::from(sock)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }

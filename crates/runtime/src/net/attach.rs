@@ -55,6 +55,16 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// A NIC with its backend, shown as `state`, and the files shared for
+    /// it; the rest (what the run holds) is set by the caller.
+    fn nic(state: NetworkState, sandbox: SandboxNet, volumes: Vec<Volume>) -> Attachment {
+        let mut a = Attachment::default();
+        a.state = Some(state);
+        a.sandbox = Some(sandbox);
+        a.volumes = volumes;
+        a
+    }
+
     /// passt's pid, with the default network.
     pub fn passt_pid(&self) -> Option<u32> {
         self.passt.as_ref().map(Passt::pid)
@@ -216,8 +226,8 @@ pub fn attach(
             );
             let resolv = resolv_conf(cfg, &[IpAddr::V4(DEFAULT_DNS)], &HostResolv::host());
             let volumes = etc_files(c, &hosts, &resolv)?;
-            Ok(Attachment {
-                state: Some(NetworkState {
+            let mut a = Attachment::nic(
+                NetworkState {
                     network: DEFAULT_NETWORK.into(),
                     network_id: DEFAULT_NETWORK.into(),
                     ip: nic.ip,
@@ -228,37 +238,31 @@ pub fn attach(
                     ports,
                     backend: "passt".into(),
                     interface: None,
-                }),
-                sandbox: Some(SandboxNet {
+                },
+                SandboxNet {
                     nic,
                     backend: crate::NetFd::Stream(Arc::new(fd)),
-                }),
+                },
                 volumes,
-                kernel_args: Vec::new(),
-                passt: Some(passt),
-                bridge: None,
-                engine: None,
-                dns: None,
-            })
+            );
+            a.passt = Some(passt);
+            Ok(a)
         }
         NetworkMode::Named(id) => {
             let ep = super::store::NetworkStore::open(root)?.join(id, c)?;
             let nic = ep.nic();
             let volumes = etc_files(c, &ep.hosts_text(), &ep.resolv_text())?;
             ep.announce();
-            Ok(Attachment {
-                state: Some(ep.state()),
-                sandbox: Some(SandboxNet {
+            let mut a = Attachment::nic(
+                ep.state(),
+                SandboxNet {
                     nic,
                     backend: crate::NetFd::Tap(ep.tap_fd()),
-                }),
+                },
                 volumes,
-                kernel_args: Vec::new(),
-                passt: None,
-                bridge: Some(ep),
-                engine: None,
-                dns: None,
-            })
+            );
+            a.bridge = Some(ep);
+            Ok(a)
         }
     }
 }
