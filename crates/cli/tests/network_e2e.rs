@@ -220,7 +220,7 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
 
     // Host -> container over TCP, through passt's forward.
     assert_eq!(
-        http_get_until(&format!("127.0.0.1:{tcp}"), 120).trim(),
+        http_get_until(&format!("127.0.0.1:{tcp}"), 300).trim(),
         "hello-from-guest"
     );
     // And UDP, from the host's own address: Debian 12's passt (2023-03-09)
@@ -509,7 +509,7 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
     h.ok(&strs(&args));
     // -p on a user network: the monitor's userland proxy.
     assert_eq!(
-        http_get_until(&format!("127.0.0.1:{tcp}"), 120).trim(),
+        http_get_until(&format!("127.0.0.1:{tcp}"), 300).trim(),
         "hello-from-n1"
     );
     let v: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
