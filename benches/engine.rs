@@ -125,15 +125,7 @@ fn main() {
     let husk = husk_e2e::release_husk_binary();
     let d = Dockerd::start(&dir.join("d"), &runtime_script(&dir, &husk));
     let tar = dir.join("busybox.tar");
-    let st = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(husk_e2e::busybox_rootfs())
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    husk_e2e::engines::tar_dir(&husk_e2e::busybox_rootfs(), &tar);
     d.ok(&[
         "import",
         "-c",

@@ -248,3 +248,22 @@ impl Podman {
         text(&o.stdout)
     }
 }
+
+/// Packs directory `src` into the tar `tar` (an image for `docker import`
+/// or `podman import`).
+pub fn tar_dir(src: &Path, tar: &Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(src)
+        .arg("-cf")
+        .arg(tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "tar -C {} -cf {}",
+        src.display(),
+        tar.display()
+    );
+}

@@ -38,15 +38,7 @@ fn docker_runs_containers_in_husk_microvms() {
 
     // The image, offline: a busybox root directory as a tar.
     let tar = dir.join("busybox.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(husk_e2e::busybox_rootfs())
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    husk_e2e::engines::tar_dir(&husk_e2e::busybox_rootfs(), &tar);
     d.ok(&[
         "import",
         "-c",
@@ -210,15 +202,7 @@ fn docker_networks_reach_husk_microvms() {
     std::fs::create_dir_all(root.join("www")).unwrap();
     std::fs::write(root.join("www/index.html"), "hello from a docker network\n").unwrap();
     let tar = dir.join("bb.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    husk_e2e::engines::tar_dir(&root, &tar);
     d.ok(&[
         "import",
         "-c",
@@ -311,15 +295,7 @@ fn podman_runs_containers_in_husk_microvms() {
         dir: dir.clone(),
     };
     let tar = dir.join("busybox.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(husk_e2e::busybox_rootfs())
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    husk_e2e::engines::tar_dir(&husk_e2e::busybox_rootfs(), &tar);
     p.ok(&[
         "import",
         "--change",
