@@ -422,6 +422,38 @@ impl Cli {
         a.extend(cmd.iter().map(|s| s.to_string()));
         a
     }
+
+    /// What a failing check should quote about container `name`: its
+    /// `ps`, `logs`, and the last lines of its monitor log and guest
+    /// console (found by the id `inspect` gives).
+    pub fn diagnose(&self, name: &str) -> String {
+        let run = |args: &[&str]| match self.cmd(args).output() {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("cannot run husk {args:?}: {e}"),
+        };
+        let mut out = format!(
+            "--- husk ps -a\n{}--- husk logs {name}\n{}",
+            run(&["ps", "-a"]),
+            run(&["logs", name])
+        );
+        let inspect = run(&["inspect", name]);
+        let id = inspect
+            .split_once("\"Id\"")
+            .and_then(|(_, rest)| rest.split('"').nth(1))
+            .unwrap_or("unknown");
+        let dir = self.root.join("containers").join(id);
+        for file in ["monitor.log", "sandbox/console.log"] {
+            let body = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| format!("({e})"));
+            let lines: Vec<&str> = body.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            out.push_str(&format!("--- last lines of {file}\n{tail}\n"));
+        }
+        out
+    }
 }
 
 impl Drop for Cli {

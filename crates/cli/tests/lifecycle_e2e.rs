@@ -138,6 +138,14 @@ fn a_detached_container_lives_its_whole_life() {
     assert!(ps.lines().next().unwrap().contains("PORTS"), "{ps}");
     let f = h.ok(&["ps", "--format", "{{.Names}} {{.State}}", "-f", "name=svc"]);
     assert_eq!(f, "svc running\n");
+    let f = h.ok(&["ps", "--format", "{{.Names}}", "-f", "status=running"]);
+    assert_eq!(f, "svc\n");
+    assert_eq!(h.ok(&["ps", "-q", "-f", "status=exited"]), "");
+    // rename, and back.
+    h.ok(&["rename", "svc", "svc-renamed"]);
+    let f = h.ok(&["ps", "--format", "{{.Names}}"]);
+    assert_eq!(f, "svc-renamed\n");
+    h.ok(&["rename", "svc-renamed", "svc"]);
 
     // logs: in order, --tail, -t.
     let log = h.wait_logs("svc", "3 ticks", |l| ticks(l) >= 3);
@@ -148,6 +156,14 @@ fn a_detached_container_lives_its_whole_life() {
     let (ts, rest) = stamped.split_once(' ').unwrap();
     assert!(ts.ends_with('Z') && ts.contains('T'), "{stamped}");
     assert!(rest.starts_with("tick "), "{stamped}");
+    // --since: an RFC 3339 time before the start keeps every line, one in
+    // the future none.
+    let all = h.ok(&["logs", "--since", "2000-01-01T00:00:00Z", "svc"]);
+    assert!(all.starts_with("ready\ntick 0\n"), "{all}");
+    assert_eq!(
+        h.ok(&["logs", "--since", "2099-01-01T00:00:00Z", "svc"]),
+        ""
+    );
 
     // logs -f follows new lines.
     let mut follow = h
@@ -201,6 +217,38 @@ fn a_detached_container_lives_its_whole_life() {
     assert_eq!(text(&o.stdout), "42 /tmp\n");
     let o = h.out(&["exec", "svc", "/no/such/program"]);
     assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
+    // exec -u: another user and group.
+    assert_eq!(
+        h.ok(&[
+            "exec",
+            "-u",
+            "65534:65533",
+            "svc",
+            "sh",
+            "-c",
+            "echo $(id -u) $(id -g)"
+        ]),
+        "65534 65533\n"
+    );
+    // exec -d: returns at once; the process goes on in the guest.
+    h.ok(&[
+        "exec",
+        "-d",
+        "svc",
+        "sh",
+        "-c",
+        "sleep 1; echo detached > /exec-d-file",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = h.out(&["exec", "svc", "cat", "/exec-d-file"]);
+        if o.status.success() {
+            assert_eq!(text(&o.stdout), "detached\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec -d never wrote its file");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // exec -t: a terminal.
     let o = h.out(&["exec", "-t", "svc", "tty"]);
     assert!(
@@ -260,6 +308,8 @@ fn a_detached_container_lives_its_whole_life() {
     assert_eq!(h.state("svc")["ExitCode"], 42);
     let ps = h.ok(&["ps", "-a"]);
     assert!(ps.contains("Exited (42)"), "{ps}");
+    let f = h.ok(&["ps", "-a", "--format", "{{.Names}}", "-f", "status=exited"]);
+    assert_eq!(f, "svc\n");
     // exec into a stopped container.
     let o = h.out(&["exec", "svc", "true"]);
     assert_eq!(o.status.code(), Some(1));
@@ -306,13 +356,21 @@ fn a_detached_container_lives_its_whole_life() {
     assert!(!dir.join("control.sock").exists());
     assert!(!dir.join("sandbox").exists());
 
-    // A process that ignores TERM: 137 after -t.
+    // A process that ignores TERM and whose stop signal (--stop-signal)
+    // only prints: 137 after the timeout (-t, else --stop-timeout).
     let id2 = h.run_d(
-        &["--name", "stubborn"],
+        &[
+            "--name",
+            "stubborn",
+            "--stop-signal",
+            "USR2",
+            "--stop-timeout",
+            "2",
+        ],
         &[
             "sh",
             "-c",
-            "trap '' TERM; echo up; while :; do sleep 1; done",
+            "trap '' TERM; trap 'echo got USR2' USR2; echo up; while :; do sleep 0.2; done",
         ],
     );
     // restart: stop (SIGKILL after 1 s here) and start again.
@@ -326,10 +384,12 @@ fn a_detached_container_lives_its_whole_life() {
     );
     h.wait_logs("stubborn", "up twice", |l| l.matches("up").count() >= 2);
     let t = Instant::now();
-    h.ok(&["stop", "-t", "2", "stubborn"]);
+    h.ok(&["stop", "stubborn"]);
     let took = t.elapsed();
     assert!(took >= Duration::from_secs(2), "{took:?}");
     assert_eq!(h.ok(&["wait", &id2]), "137\n");
+    let log = h.logs("stubborn");
+    assert!(log.contains("got USR2"), "{log}");
 
     // rm of a stopped one, then Docker's errors for unknown names.
     assert_eq!(h.ok(&["rm", "svc"]), "svc\n");
@@ -423,7 +483,8 @@ fn main_process_semantics_and_restart_policy() {
 /// Files of this store held open by any process on the host (a monitor, a
 /// VMM thread or a CLI that outlived its container would show here; the
 /// test process's own fd count is not used, as the other tests of this
-/// binary open and close pipes meanwhile), mounts, the monitor processes of
+/// binary open and close pipes meanwhile), mounts under the store, the
+/// monitor processes of
 /// this store, and store entries.
 fn footprint(h: &Husk) -> (Vec<String>, String, usize, Vec<String>) {
     let mut fds: Vec<String> = Vec::new();
@@ -440,8 +501,15 @@ fn footprint(h: &Husk) -> (Vec<String>, String, usize, Vec<String>) {
         }
     }
     fds.sort();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let root = h.root.display().to_string();
+    // Mounts under the store only: other suites (an engine's dockerd, a
+    // Podman) may mount and unmount their own meanwhile.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&root))
+        .collect::<Vec<_>>()
+        .join("\n");
     let monitors = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()

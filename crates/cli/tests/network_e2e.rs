@@ -82,16 +82,48 @@ fn http_get(addr: &str) -> Option<String> {
 }
 
 /// Polls [`http_get`] until it returns a body (the guest's server comes up
-/// after the boot).
-fn http_get_until(addr: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+/// after the boot); on failure quotes container `name`'s logs and console.
+fn http_get_until(h: &Cli, name: &str, addr: &str, secs: u64) -> String {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(secs);
     loop {
         if let Some(b) = http_get(addr) {
+            eprintln!(
+                "first HTTP answer from {addr} after {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
             return b;
         }
-        assert!(Instant::now() < deadline, "no HTTP answer from {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "no HTTP answer from {addr} in {secs} s\n{}{}",
+            h.diagnose(name),
+            host_net_state()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The host's links, neighbours, routes and filter rules, for a failure
+/// message.
+fn host_net_state() -> String {
+    let mut out = String::new();
+    for c in [
+        "ip -br addr",
+        "ip neigh",
+        "ip route",
+        "iptables -w -S FORWARD",
+        "nft list ruleset",
+    ] {
+        let w: Vec<&str> = c.split(' ').collect();
+        let o = Command::new(w[0]).args(&w[1..]).output();
+        let body = match o {
+            Ok(o) => format!("{}{}", text(&o.stdout), text(&o.stderr)),
+            Err(e) => e.to_string(),
+        };
+        out.push_str(&format!("--- {c}\n{body}"));
+    }
+    out
 }
 
 fn free_port() -> u16 {
@@ -220,7 +252,7 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
 
     // Host -> container over TCP, through passt's forward.
     assert_eq!(
-        http_get_until(&format!("127.0.0.1:{tcp}"), 300).trim(),
+        http_get_until(&h, &id, &format!("127.0.0.1:{tcp}"), 300).trim(),
         "hello-from-guest"
     );
     // And UDP, from the host's own address: Debian 12's passt (2023-03-09)
@@ -509,7 +541,7 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
     h.ok(&strs(&args));
     // -p on a user network: the monitor's userland proxy.
     assert_eq!(
-        http_get_until(&format!("127.0.0.1:{tcp}"), 300).trim(),
+        http_get_until(&h, "web", &format!("127.0.0.1:{tcp}"), 300).trim(),
         "hello-from-n1"
     );
     let v: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
