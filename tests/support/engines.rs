@@ -78,28 +78,17 @@ impl Dockerd {
     }
 
     pub fn timed(&self, args: &[&str]) -> Output {
-        let t = Instant::now();
-        let o = self.docker(args);
-        eprintln!(
-            "docker {} -> {:?} in {:.1} s",
-            args.join(" "),
-            o.status.code(),
-            t.elapsed().as_secs_f64()
-        );
-        o
+        crate::timed_output("docker", args, &mut self.cmd(args))
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.timed(args);
-        assert!(
-            o.status.success(),
-            "docker {args:?}: {:?}\nstdout: {}\nstderr: {}\ndockerd log tail: {}",
-            o.status,
-            text(&o.stdout),
-            text(&o.stderr),
-            self.log_tail()
-        );
-        text(&o.stdout)
+        let context = if o.status.success() {
+            String::new()
+        } else {
+            format!("\ndockerd log tail: {}", self.log_tail())
+        };
+        crate::succeeded("docker", args, &o, &context)
     }
 
     pub fn log_tail(&self) -> String {
@@ -207,9 +196,8 @@ pub struct Podman {
 
 impl Podman {
     pub fn cmd(&self, args: &[&str]) -> Output {
-        let t = Instant::now();
-        let o = Command::new("podman")
-            .arg("--root")
+        let mut c = Command::new("podman");
+        c.arg("--root")
             .arg(self.dir.join("storage"))
             .arg("--runroot")
             .arg(self.dir.join("run"))
@@ -223,29 +211,12 @@ impl Podman {
             ])
             .arg("--runtime")
             .arg(&self.runtime)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        eprintln!(
-            "podman {} -> {:?} in {:.1} s",
-            args.join(" "),
-            o.status.code(),
-            t.elapsed().as_secs_f64()
-        );
-        o
+            .args(args);
+        crate::timed_output("podman", args, &mut c)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.cmd(args);
-        assert!(
-            o.status.success(),
-            "podman {args:?}: {:?}\nstdout: {}\nstderr: {}",
-            o.status,
-            text(&o.stdout),
-            text(&o.stderr)
-        );
-        text(&o.stdout)
+        crate::succeeded("podman", args, &self.cmd(args), "")
     }
 }
 

@@ -283,6 +283,7 @@ pub fn sandbox_config(name: &str, rootfs: &Path) -> husk_runtime::SandboxConfig 
         mem_size: 128 << 20,
         vcpus: 1,
         dir: scratch(name),
+        console_log: None,
         boot_timeout: Duration::from_secs(600),
         cmdline_extra: String::new(),
         console_to_stderr: std::env::var_os("HUSK_E2E_CONSOLE").is_some(),
@@ -382,32 +383,12 @@ impl Cli {
 
     /// Runs it with stdin from /dev/null.
     pub fn out(&self, args: &[&str]) -> std::process::Output {
-        let t = std::time::Instant::now();
-        let o = self
-            .cmd(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        eprintln!(
-            "husk {} -> {:?} in {:.2} s",
-            args.join(" "),
-            o.status.code(),
-            t.elapsed().as_secs_f64()
-        );
-        o
+        timed_output("husk", args, &mut self.cmd(args))
     }
 
     /// stdout of a command that must succeed.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.out(args);
-        assert!(
-            o.status.success(),
-            "husk {args:?}: {:?}\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        succeeded("husk", args, &self.out(args), "")
     }
 
     /// `husk run [-d] VM-ARGS EXTRA... -- CMD...` with [`husk_vm_args`].
@@ -446,7 +427,7 @@ impl Cli {
             .and_then(|(_, rest)| rest.split('"').nth(1))
             .unwrap_or("unknown");
         let dir = self.root.join("containers").join(id);
-        for file in ["monitor.log", "sandbox/console.log"] {
+        for file in ["monitor.log", "console.log"] {
             let body = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| format!("({e})"));
             let lines: Vec<&str> = body.lines().collect();
             let tail = lines[lines.len().saturating_sub(30)..].join("\n");
@@ -474,6 +455,33 @@ impl Drop for Cli {
             }
         }
     }
+}
+
+/// Runs `cmd` (`tool args...`) with stdin from /dev/null, printing its
+/// exit status and how long it took.
+pub fn timed_output(tool: &str, args: &[&str], cmd: &mut Command) -> std::process::Output {
+    let t = std::time::Instant::now();
+    let o = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    eprintln!(
+        "{tool} {} -> {:?} in {:.2} s",
+        args.join(" "),
+        o.status.code(),
+        t.elapsed().as_secs_f64()
+    );
+    o
+}
+
+/// The stdout of `o`, which must have succeeded: else the test fails with
+/// the command, its status, stdout, stderr and `context`.
+pub fn succeeded(tool: &str, args: &[&str], o: &std::process::Output, context: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{tool} {args:?}: {:?}\nstdout: {}\nstderr: {}{context}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The processes (pid and command line) whose command line contains

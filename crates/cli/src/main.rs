@@ -36,6 +36,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a kernel and initramfs and stream the guest's serial console (for debugging).
+    ///
+    /// Exit status: 0 the guest powered off, 1 it rebooted, 3 its kernel
+    /// panicked, 125 the VM could not run.
     Boot(BootArgs),
     /// Run a command in a new container, in its own microVM.
     Run(run::RunArgs),
@@ -409,6 +412,9 @@ enum Compat {
     Off,
 }
 
+/// `husk boot`'s exit status when the guest kernel panicked.
+const GUEST_PANIC_EXIT: u8 = 3;
+
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let config = VmConfig {
         kernel: args.kernel,
@@ -431,10 +437,17 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         net: None,
         exit: None,
     };
-    let outcome = husk_vmm::run(config).context("cannot boot the guest")?;
+    let outcome = match husk_vmm::run(config) {
+        Ok(o) => o,
+        // A kernel panic is the guest's failure, not husk's: its own code.
+        Err(e @ husk_vmm::VmmError::GuestPanic { .. }) => {
+            print_error(&anyhow::Error::new(e));
+            return Ok(ExitCode::from(GUEST_PANIC_EXIT));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot boot the guest")),
+    };
     let secs = outcome.run_time.as_secs_f64();
-    // A kernel panic comes back as an error (exit 125). A reboot is not a
-    // clean stop: the guest did not power off.
+    // A reboot is not a clean stop: the guest did not power off.
     match outcome.exit {
         GuestExit::PowerOff => {
             log::info!("guest powered off after {secs:.3} s");

@@ -533,6 +533,23 @@ impl DetachScanner {
     }
 }
 
+/// A write of the container's output (`what`) to ours failed: if our
+/// reader went away (`husk run IMG yes | head -1`, or the same on stderr),
+/// the container's process is killed and the run ends with 141, as the
+/// SIGPIPE the process would have got; any other error ends it too.
+fn output_failed(
+    e: std::io::Error,
+    what: &str,
+    writer: &husk_runtime::control::SessionWriter,
+) -> anyhow::Result<Option<i32>> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        let _ = writer.send(&CtlRequest::Signal { signo: 9 });
+        writer.close();
+        return Ok(Some(128 + 13));
+    }
+    Err(anyhow::Error::new(e).context(format!("cannot write the container's {what}")))
+}
+
 /// Moves bytes between this terminal and a session until the process
 /// exits (its code) or the user detaches (`None`).
 fn pump(mut session: Session, p: Pump) -> anyhow::Result<Option<i32>> {
@@ -608,18 +625,13 @@ fn pump(mut session: Session, p: Pump) -> anyhow::Result<Option<i32>> {
         match ev {
             Some(CtlEvent::Stdout { data }) => {
                 if let Err(e) = out.write_all(&data).and_then(|()| out.flush()) {
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        // Our reader went away (`husk run IMG yes | head -1`):
-                        // the container's process would have got SIGPIPE.
-                        let _ = writer.send(&CtlRequest::Signal { signo: 9 });
-                        writer.close();
-                        break Ok(Some(128 + 13));
-                    }
-                    break Err(anyhow::Error::new(e).context("cannot write the container's output"));
+                    break output_failed(e, "output", &writer);
                 }
             }
             Some(CtlEvent::Stderr { data }) => {
-                let _ = err.write_all(&data).and_then(|()| err.flush());
+                if let Err(e) = err.write_all(&data).and_then(|()| err.flush()) {
+                    break output_failed(e, "error output", &writer);
+                }
             }
             Some(CtlEvent::Started) => started = true,
             Some(CtlEvent::Ok) => {}

@@ -181,6 +181,25 @@ fn a_detached_container_lives_its_whole_life() {
     let _ = follow.kill();
     let _ = follow.wait();
 
+    // attach: the live output; the attached client going away leaves the
+    // container running.
+    let mut att = h
+        .cmd(&["attach", "--no-stdin", "svc"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(att.stdout.take().unwrap()).lines();
+    let a = lines.next().unwrap().unwrap();
+    let b = lines.next().unwrap().unwrap();
+    assert!(
+        a.starts_with("tick ") && b.starts_with("tick "),
+        "{a} / {b}"
+    );
+    let _ = att.kill();
+    let _ = att.wait();
+    assert_eq!(h.state("svc")["Status"], "running");
+
     // exec: PID 1 is the main process; the same files; the hostname.
     let out = h.ok(&[
         "exec",

@@ -293,3 +293,48 @@ fn rm_force_removes_a_running_container() {
     assert!(left.is_empty(), "{left:?}");
     let _ = std::fs::remove_dir_all(&store);
 }
+
+/// `husk boot` of an initramfs without an init: the guest kernel panics
+/// ("No working init found"), and husk says so with its own exit status
+/// (3), quoting the console, instead of taking the reboot for a stop.
+#[test]
+fn husk_boot_reports_a_guest_panic_with_its_own_exit_status() {
+    require_kvm();
+    let t = Instant::now();
+    let d = husk_e2e::scratch("run-e2e-panic");
+    std::fs::create_dir_all(d.join("root/etc")).unwrap();
+    std::fs::write(d.join("root/etc/no-init-here"), b"x").unwrap();
+    let rd = d.join("rd.cpio");
+    let bin = env!("CARGO_BIN_EXE_husk");
+    let o = Command::new(bin)
+        .args(["pack-initramfs", "--dir"])
+        .arg(d.join("root"))
+        .arg("-o")
+        .arg(&rd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(bin)
+        .arg("boot")
+        .arg("--kernel")
+        .arg(guest_kernel())
+        .arg("--initrd")
+        .arg(&rd)
+        .args(["--timeout", "600"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("Kernel panic"), "{stdout}");
+    assert!(stderr.contains("panic"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&d);
+    eprintln!(
+        "husk_boot_reports_a_guest_panic_with_its_own_exit_status: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}

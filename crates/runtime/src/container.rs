@@ -370,6 +370,12 @@ impl Container {
         self.dir.join("sandbox")
     }
 
+    /// The guest console of the container's last boot (kept after the VM
+    /// stops, replaced at the next start).
+    pub fn console_log_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
     /// The current file of the container's json-file log.
     pub fn log_path(&self) -> PathBuf {
         crate::logs::log_path(&self.dir, &self.id)

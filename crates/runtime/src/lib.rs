@@ -115,6 +115,11 @@ pub struct SandboxConfig {
     pub vcpus: u8,
     /// A directory of its own for this sandbox (socket, initramfs, console log).
     pub dir: PathBuf,
+    /// Where the guest console goes instead of `dir/console.log`: a file
+    /// that outlives `dir` (a container keeps its last boot's console next
+    /// to its monitor log, so an error can point at it after the monitor
+    /// has cleaned up).
+    pub console_log: Option<PathBuf>,
     /// How long to wait for the agent after starting the VM.
     pub boot_timeout: Duration,
     /// Extra kernel command-line arguments.
@@ -456,7 +461,10 @@ impl Sandbox {
         args.push(config.cmdline_extra.clone());
         let bytes = build_initramfs(&config.agent, packed_root)?;
         std::fs::write(&initrd, bytes).map_err(prep(&initrd))?;
-        let console_log = config.dir.join("console.log");
+        let console_log = config
+            .console_log
+            .clone()
+            .unwrap_or_else(|| config.dir.join("console.log"));
         let file = std::fs::File::create(&console_log).map_err(prep(&console_log))?;
         let vm_config = VmConfig {
             kernel: config.kernel.clone(),

@@ -509,6 +509,7 @@ fn run_once(
         mem_size: cfg.mem_size,
         vcpus: cfg.vcpus,
         dir: dir_path,
+        console_log: Some(container.console_log_path()),
         boot_timeout: Duration::from_secs(cfg.vm.boot_timeout_s.max(1)),
         cmdline_extra: std::iter::once(cfg.vm.kernel_args.as_str())
             .chain(attachment.kernel_args.iter().map(String::as_str))

@@ -288,17 +288,23 @@ pub fn ensure_iptables_accept(id: &str) -> Result<(), BridgeError> {
         return Ok(());
     }
     for rule in iptables_rules(id) {
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let mut check = vec!["-w", "-C", "FORWARD"];
-        check.extend(&rule);
-        if cmd::run("iptables", &check).is_ok() {
+        if forward_rule("-C", &rule).is_ok() {
             continue;
         }
-        let mut insert = vec!["-w", "-I", "FORWARD", "1"];
-        insert.extend(&rule);
-        cmd::run("iptables", &insert)?;
+        forward_rule("-I", &rule)?;
     }
     Ok(())
+}
+
+/// `iptables -w OP FORWARD RULE...` (`-I` inserts at the top: before
+/// Docker's jumps and any DROP).
+fn forward_rule(op: &str, rule: &[String]) -> Result<String, CmdError> {
+    let mut args = vec!["-w", op, "FORWARD"];
+    if op == "-I" {
+        args.push("1");
+    }
+    args.extend(rule.iter().map(String::as_str));
+    cmd::run("iptables", &args)
 }
 
 /// Removes network `id`'s iptables rules, if there are any.
@@ -311,13 +317,10 @@ fn remove_iptables(id: &str) -> Result<(), BridgeError> {
         return Ok(());
     }
     for rule in iptables_rules(id) {
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let mut delete = vec!["-w", "-D", "FORWARD"];
-        delete.extend(&rule);
         // Inserted once per ensure that found it missing; a copy made by
         // hand or by a racing start goes too (bounded, in case -D lies).
         for _ in 0..16 {
-            if cmd::run("iptables", &delete).is_err() {
+            if forward_rule("-D", &rule).is_err() {
                 break;
             }
         }
