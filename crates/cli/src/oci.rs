@@ -169,11 +169,33 @@ enum OciCommand {
     },
     /// What husk supports, as the spec's features JSON.
     Features,
-    /// Not supported: a VM's size is fixed when it boots.
+    /// New limits for the VM's cgroup: CPU and pids apply at once; memory
+    /// may grow, not shrink below what the VM booted with.
     Update {
         /// LinuxResources JSON (a file, or - for stdin).
         #[arg(short = 'r', long)]
         resources: Option<String>,
+        /// Memory limit in bytes (k, m, g suffixes).
+        #[arg(long)]
+        memory: Option<String>,
+        /// CPU shares (relative weight).
+        #[arg(long = "cpu-share")]
+        cpu_share: Option<u64>,
+        /// CFS period, µs.
+        #[arg(long)]
+        cpu_period: Option<u64>,
+        /// CFS quota, µs per period.
+        #[arg(long, allow_hyphen_values = true)]
+        cpu_quota: Option<i64>,
+        /// CPUs to run on (0-3, 0,1).
+        #[arg(long)]
+        cpuset_cpus: Option<String>,
+        /// Memory nodes to use.
+        #[arg(long)]
+        cpuset_mems: Option<String>,
+        /// The most tasks (0 or -1: no limit).
+        #[arg(long, allow_hyphen_values = true)]
+        pids_limit: Option<i64>,
         /// The container id.
         id: String,
     },
@@ -333,6 +355,50 @@ fn vm_settings(debug: bool) -> anyhow::Result<VmSettings> {
     })
 }
 
+/// The most a resources JSON may hold (a LinuxResources is a few hundred
+/// bytes; the engine's input is not trusted with memory).
+const MAX_RESOURCES_JSON: u64 = 1 << 20;
+
+/// `update -r FILE` or `-r -` (stdin): a LinuxResources JSON.
+fn read_resources(src: &str) -> anyhow::Result<oci_spec::runtime::LinuxResources> {
+    use std::io::Read;
+    let input: Box<dyn Read> = if src == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(src).with_context(|| format!("cannot open {src}"))?)
+    };
+    let mut text = String::new();
+    input
+        .take(MAX_RESOURCES_JSON + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the resources from {src}"))?;
+    if text.len() as u64 > MAX_RESOURCES_JSON {
+        anyhow::bail!("the resources JSON from {src} is larger than {MAX_RESOURCES_JSON} bytes");
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("the resources from {src} are not a LinuxResources JSON"))
+}
+
+/// `--memory 300m`: bytes, with an optional k, m or g (binary) suffix and
+/// an optional b, as runc takes it.
+fn parse_bytes(s: &str) -> anyhow::Result<i64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, shift) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 10),
+        Some('m') => (&t[..t.len() - 1], 20),
+        Some('g') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    num.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| {
+            anyhow::anyhow!("invalid memory size {s:?}: bytes, or a number with k, m or g")
+        })
+}
+
 fn warn_all(warnings: Vec<String>) {
     for w in warnings {
         log::warn!("{w}");
@@ -406,8 +472,57 @@ fn run(cli: OciCli) -> anyhow::Result<ExitCode> {
                 f => anyhow::bail!("invalid format {f:?}: table or json"),
             }
         }
-        OciCommand::Update { .. } => {
-            anyhow::bail!("update is not supported: a container's VM keeps the size it booted with")
+        OciCommand::Update {
+            resources,
+            memory,
+            cpu_share,
+            cpu_period,
+            cpu_quota,
+            cpuset_cpus,
+            cpuset_mems,
+            pids_limit,
+            id,
+        } => {
+            let mut r = match resources.as_deref() {
+                Some(src) => read_resources(src)?,
+                None => oci_spec::runtime::LinuxResources::default(),
+            };
+            if let Some(m) = memory {
+                let bytes = parse_bytes(&m)?;
+                let mut mem = (*r.memory()).unwrap_or_default();
+                mem.set_limit(Some(bytes));
+                r.set_memory(Some(mem));
+            }
+            if cpu_share.is_some()
+                || cpu_period.is_some()
+                || cpu_quota.is_some()
+                || cpuset_cpus.is_some()
+                || cpuset_mems.is_some()
+            {
+                let mut cpu = r.cpu().clone().unwrap_or_default();
+                if cpu_share.is_some() {
+                    cpu.set_shares(cpu_share);
+                }
+                if cpu_period.is_some() {
+                    cpu.set_period(cpu_period);
+                }
+                if cpu_quota.is_some() {
+                    cpu.set_quota(cpu_quota);
+                }
+                if cpuset_cpus.is_some() {
+                    cpu.set_cpus(cpuset_cpus);
+                }
+                if cpuset_mems.is_some() {
+                    cpu.set_mems(cpuset_mems);
+                }
+                r.set_cpu(Some(cpu));
+            }
+            if let Some(p) = pids_limit {
+                let mut pids = oci_spec::runtime::LinuxPids::default();
+                pids.set_limit(p);
+                r.set_pids(Some(pids));
+            }
+            warn_all(rt.update(&id, &r)?)
         }
         OciCommand::Features => unreachable!("answered above"),
         OciCommand::Exec {
@@ -609,6 +724,42 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["husk-oci", "--version"]).version);
+    }
+
+    #[test]
+    fn update_sizes_parse_as_runc_takes_them() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("300m").unwrap(), 300 << 20);
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("64kb").unwrap(), 64 << 10);
+        for bad in ["", "m", "-1", "0", "1x", "99999999999999g"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn update_resources_json_is_bounded_and_checked() {
+        let d = std::env::temp_dir().join(format!("husk-oci-res-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let ok = d.join("ok.json");
+        std::fs::write(
+            &ok,
+            r#"{"memory":{"limit":314572800},"cpu":{"shares":512,"quota":50000,"period":100000},"pids":{"limit":100}}"#,
+        )
+        .unwrap();
+        let r = read_resources(ok.to_str().unwrap()).unwrap();
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(314_572_800));
+        assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(512));
+        assert_eq!(r.pids().as_ref().unwrap().limit(), 100);
+        let bad = d.join("bad.json");
+        std::fs::write(&bad, r#"{"memory":{"limit":"lots"}}"#).unwrap();
+        assert!(read_resources(bad.to_str().unwrap()).is_err());
+        let big = d.join("big.json");
+        std::fs::write(&big, vec![b' '; (MAX_RESOURCES_JSON + 10) as usize]).unwrap();
+        let e = read_resources(big.to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        assert!(read_resources(d.join("none.json").to_str().unwrap()).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -135,6 +135,50 @@ fn docker_runs_containers_in_husk_microvms() {
     let cgroup_dirs = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
         .map(|base| PathBuf::from(base).join("docker").join(&id));
     assert!(cgroup_dirs.iter().any(|d| d.is_dir()), "{cgroup_dirs:?}");
+    // docker update (runc's `update --resources -`): a higher memory
+    // limit and a CPU quota reach the VM's cgroup; a limit below what the
+    // running VM booted with is refused with husk's reason.
+    d.ok(&[
+        "update",
+        "--memory",
+        "400m",
+        "--memory-swap",
+        "800m",
+        "--cpus",
+        "0.5",
+        &id,
+    ]);
+    let read = |f: &str| {
+        cgroup_dirs
+            .iter()
+            .chain(&[PathBuf::from("/sys/fs/cgroup/cpu/docker").join(&id)])
+            .map(|d| d.join(f))
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_else(|| panic!("no {f} in the container's cgroup"))
+    };
+    let mem_file = if cgroup_dirs[0].is_dir() {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    assert_eq!(read(mem_file).trim(), (400u64 << 20).to_string());
+    let quota = if cgroup_dirs[0].is_dir() {
+        read("cpu.cfs_quota_us")
+    } else {
+        read("cpu.max")
+    };
+    assert!(
+        quota.starts_with("50000"),
+        "cpu quota after --cpus 0.5: {quota}"
+    );
+    let o = d.timed(&["update", "--memory", "100m", "--memory-swap", "200m", &id]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("a running VM cannot shrink"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(read(mem_file).trim(), (400u64 << 20).to_string());
     let top = d.ok(&["top", &id]);
     assert!(
         top.contains("__monitor"),

@@ -416,6 +416,17 @@ pub fn join(spec: &CgroupSpec, pid: u32) -> Result<(), CgroupError> {
     done
 }
 
+/// Writes `limits` into the container's cgroup (`update --resources`), in
+/// every hierarchy where it exists; what `limits` leaves unset stays.
+pub fn update(spec: &CgroupSpec, limits: &Limits) -> Result<(), CgroupError> {
+    for (h, dir) in dirs(spec)? {
+        if dir.is_dir() {
+            apply(&h, &dir, limits)?;
+        }
+    }
+    Ok(())
+}
+
 /// Moves process `pid` (an exec proxy) into the container's cgroup, in
 /// every hierarchy where it exists.
 pub fn add(spec: &CgroupSpec, pid: u32) -> Result<(), CgroupError> {

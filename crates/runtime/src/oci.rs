@@ -771,6 +771,55 @@ impl OciRuntime {
         Ok(warnings)
     }
 
+    /// `update --resources`: new limits for the VM's cgroup. CPU (shares,
+    /// quota, period, cpuset) and pids apply at once to the whole VM, as
+    /// to a runc container. Memory only as far as the VM fits: a running
+    /// guest cannot shrink (husk has no balloon), so a limit below what
+    /// it booted with (its memory plus the VMM's) is refused rather than
+    /// have the kernel OOM-kill the VM; a higher one applies (the guest
+    /// keeps its size). Returns what the caller should be told.
+    pub fn update(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<Vec<String>, OciError> {
+        let c = self.find(id)?;
+        if status_of(&c) == "stopped" {
+            return Err(OciError::NotRunning(id.to_owned()));
+        }
+        let Some(cg) = c.config.oci.as_ref().and_then(|o| o.cgroup.as_ref()) else {
+            return Err(OciError::Unsupported(format!(
+                "container {id} has no cgroup (its spec had no linux.cgroupsPath) to update"
+            )));
+        };
+        let memory = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
+            .filter(|l| *l > 0)
+            .map(|l| l as u64);
+        let mut notes = Vec::new();
+        if let Some(l) = memory {
+            let needs = c.config.mem_size + (crate::cgroup::VMM_OVERHEAD_MIB << 20);
+            if l < needs {
+                return Err(OciError::Unsupported(format!(
+                    "a memory limit of {} MiB is below what container {id}'s VM needs ({} MiB: {} MiB of guest memory and {} MiB for the VMM); a running VM cannot shrink",
+                    l >> 20,
+                    needs >> 20,
+                    c.config.mem_size >> 20,
+                    crate::cgroup::VMM_OVERHEAD_MIB
+                )));
+            }
+            notes.push(format!(
+                "memory: the VM's cgroup may now use {} MiB; the guest keeps the {} MiB it booted with",
+                l >> 20,
+                c.config.mem_size >> 20
+            ));
+        }
+        crate::cgroup::update(cg, &cgroup_limits(Some(resources), memory))?;
+        Ok(notes)
+    }
+
     /// `pause`: the VM's vCPUs stop.
     pub fn pause(&self, id: &str) -> Result<(), OciError> {
         let c = self.find(id)?;
