@@ -5,12 +5,14 @@
 //! busybox image offline and checks, with `--runtime husk --network none`:
 //! `uname -r` is the guest kernel's, exit codes, `-e` and `-w` pass through
 //! (one container); `run -d`, `logs`, `top`, `exec` (output and exit
-//! code), `stop` with a TERM trap, the exit code and `rm` (a second one,
-//! with `--memory`: its monitor is in the container's cgroup and `docker
+//! code), `exec -t`, `update`, `stop` with a TERM trap, the exit code and
+//! `rm` (a second one, run with `-t` (a pty through --console-socket) and
+//! `--memory`: its monitor is in the container's cgroup and `docker
 //! stats` shows the limit, and the cgroup goes with `rm`). A second test
 //! runs Docker with iptables: a user network, `-p` and the embedded DNS;
 //! a third Podman 4.3 through conmon (run attached and `-d`, exec, the
-//! cgroup and `podman stats`, stop, rm).
+//! cgroup and `podman stats`, stop, rm); a fourth containerd through
+//! `ctr run --runc-binary`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,10 +84,13 @@ fn docker_runs_containers_in_husk_microvms() {
     assert_eq!(&lines[1..], ["bar", "/tmp"]);
 
     // A second: in the background, logs, top, exec, stop with a TERM trap.
+    // With -t: its terminal is a host pty whose master husk hands Docker
+    // over --console-socket.
     let id = d
         .ok(&[
             "run",
             "-d",
+            "-t",
             "--runtime",
             "husk",
             "--network",
@@ -201,8 +206,15 @@ fn docker_runs_containers_in_husk_microvms() {
         "{}",
         d.log_tail()
     );
+    // exec -t: a terminal of its own, through --console-socket too.
+    let tty = d.ok(&["exec", "-t", &id, "tty"]);
+    assert!(tty.starts_with("/dev/pts/"), "docker exec -t: {tty:?}");
     d.ok(&["stop", "-t", "30", &id]);
-    assert_eq!(d.ok(&["logs", &id]), "ready\ngot TERM\n");
+    // A terminal's line discipline ends lines with CR LF.
+    assert_eq!(
+        d.ok(&["logs", &id]).replace("\r\n", "\n"),
+        "ready\ngot TERM\n"
+    );
     assert_eq!(
         d.ok(&["inspect", "-f", "{{.State.ExitCode}}", &id]).trim(),
         "0"
@@ -419,6 +431,117 @@ fn podman_runs_containers_in_husk_microvms() {
     assert!(p.ok(&["ps", "-aq"]).trim().is_empty());
     eprintln!(
         "oci_e2e: podman_runs_containers_in_husk_microvms took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// containerd (Debian's, which docker.io brings) with `ctr run
+/// --runc-binary`: its runc shim drives husk as it would runc (a root
+/// directory from `--rootfs`, a fresh network namespace with only `lo`),
+/// the task's stdio through the shim's FIFOs, and the exit code back to
+/// ctr. A containerd of the test's own (its own root, state
+/// and socket; the CRI plugin off).
+#[test]
+fn containerd_runs_a_container_in_a_husk_microvm() {
+    require_kvm();
+    let t0 = Instant::now();
+    ensure_docker();
+    let dir = husk_e2e::scratch("oci-ctr");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let runtime = runtime_script(&dir);
+    let sock = dir.join("containerd.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+    let mut containerd = Command::new("/usr/bin/containerd")
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--address")
+        .arg(&sock)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("containerd (Debian's containerd package, which docker.io depends on)");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sock.exists() {
+        assert!(
+            containerd.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "containerd did not come up: {}",
+            std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _stop = Stop(containerd);
+    let ctr = |args: &[&str]| {
+        let mut c = Command::new("/usr/bin/ctr");
+        c.arg("--address")
+            .arg(&sock)
+            .args(["--namespace", "husk-e2e"])
+            .args(args);
+        husk_e2e::timed_output("ctr", args, &mut c)
+    };
+    let rootfs = husk_e2e::busybox_rootfs();
+    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
+    let args = [
+        "run",
+        "--rm",
+        "--runc-binary",
+        runtime.to_str().unwrap(),
+        "--env",
+        "GREETING=from-ctr",
+        // --rootfs: the first argument is a root directory, not an image.
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "husk-ctr-1",
+        "sh",
+        "-c",
+        "uname -r; echo $GREETING; exit 3",
+    ];
+    let o = ctr(&args);
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "stdout: {out}\nstderr: {}\ncontainerd log: {}",
+        text(&o.stderr),
+        std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+    );
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        !lines[0].is_empty() && lines[0] != host.trim(),
+        "guest kernel {out} vs host {host}"
+    );
+    assert_eq!(lines[1], "from-ctr");
+    // --rm removed the container; nothing of it is left to containerd.
+    let left = text(&ctr(&["containers", "ls", "-q"]).stdout);
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    eprintln!(
+        "oci_e2e: containerd_runs_a_container_in_a_husk_microvm took {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 }
