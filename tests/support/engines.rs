@@ -20,11 +20,13 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start(dir: &Path, runtime: &Path) -> Dockerd {
-        Self::start_with(dir, runtime, false)
+        Self::start_with(dir, runtime, &[])
     }
 
-    /// `iptables`: Docker's NAT and port rules on (user networks, `-p`).
-    pub fn start_with(dir: &Path, runtime: &Path, iptables: bool) -> Dockerd {
+    /// With more dockerd flags: `--iptables=true --ip-masq=true` for
+    /// Docker's NAT and port rules (user networks, `-p`), `--default-runtime
+    /// husk` for `docker build`.
+    pub fn start_with(dir: &Path, runtime: &Path, extra: &[&str]) -> Dockerd {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
@@ -40,10 +42,11 @@ impl Dockerd {
             .arg("--add-runtime")
             .arg(format!("husk={}", runtime.display()))
             // A plain directory per container (no overlay-on-overlay), no
-            // default bridge and no iptables changes on the host.
+            // default bridge and, unless `extra` says, no iptables changes
+            // on the host (a later flag wins).
             .args(["--storage-driver", "vfs", "--bridge", "none"])
-            .arg(format!("--iptables={iptables}"))
-            .arg(format!("--ip-masq={iptables}"))
+            .args(["--iptables=false", "--ip-masq=false"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -36,7 +36,8 @@ fn docker_runs_containers_in_husk_microvms() {
     std::fs::create_dir_all(&dir).unwrap();
     // The runtime Docker calls: `husk oci`, with the test's kernel and agent.
     let runtime = runtime_script(&dir);
-    let d = Dockerd::start(&dir.join("d"), &runtime);
+    // husk is also the default runtime, for `docker build`'s RUN steps.
+    let d = Dockerd::start_with(&dir.join("d"), &runtime, &["--default-runtime", "husk"]);
 
     // The image, offline: a busybox root directory as a tar.
     let tar = dir.join("busybox.tar");
@@ -82,6 +83,48 @@ fn docker_runs_containers_in_husk_microvms() {
         "guest kernel {out} vs host {host}"
     );
     assert_eq!(&lines[1..], ["bar", "/tmp"]);
+
+    // docker build (the classic builder of Docker 20.10) with husk as the
+    // default runtime: the RUN step runs in a microVM, so the file records
+    // the guest's kernel. Read back with docker cp from a created (never
+    // started) container: no second VM.
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM husk-bb\nRUN uname -r > /k && echo built-in-a-vm\n",
+    )
+    .unwrap();
+    let args = [
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "husk-built",
+        ctx.to_str().unwrap(),
+    ];
+    let mut build = d.cmd(&args);
+    build.env("DOCKER_BUILDKIT", "0");
+    let o = husk_e2e::timed_output("docker", &args, &mut build);
+    husk_e2e::succeeded("docker", &args, &o, &d.log_tail());
+    assert!(
+        text(&o.stdout).contains("built-in-a-vm"),
+        "{}",
+        text(&o.stdout)
+    );
+    let cid = d
+        .ok(&["create", "--network", "none", "husk-built", "true"])
+        .trim()
+        .to_string();
+    let o = d.docker(&["cp", &format!("{cid}:/k"), "-"]);
+    assert!(o.status.success(), "docker cp: {}", text(&o.stderr));
+    let tar = text(&o.stdout);
+    assert!(
+        tar.contains(&format!("{}\n", lines[0])),
+        "/k of the built image does not hold the guest kernel {}: {tar:?}",
+        lines[0]
+    );
+    d.ok(&["rm", &cid]);
 
     // A second: in the background, logs, top, exec, stop with a TERM trap.
     // With -t: its terminal is a host pty whose master husk hands Docker
@@ -245,7 +288,11 @@ fn docker_networks_reach_husk_microvms() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let runtime = runtime_script(&dir);
-    let d = Dockerd::start_with(&dir.join("d"), &runtime, true);
+    let d = Dockerd::start_with(
+        &dir.join("d"),
+        &runtime,
+        &["--iptables=true", "--ip-masq=true"],
+    );
     // A busybox root with a page to serve.
     let root = dir.join("root");
     let st = Command::new("cp")
