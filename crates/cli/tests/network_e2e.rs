@@ -142,14 +142,30 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// A directory with the static UDP echo server, shared into containers.
+/// A directory with the static guest programs (the UDP echo server, the
+/// hostile frame sender), shared into containers.
 fn tools_dir() -> PathBuf {
     let d = husk_e2e::scratch("net-tools");
-    let out = d.join("udp_echo");
-    if !out.exists() {
-        husk_e2e::compile_static_c(&husk_e2e::repo_root().join("tests/guest/udp_echo.c"), &out);
+    for prog in ["udp_echo", "net_abuse"] {
+        let out = d.join(prog);
+        if !out.exists() {
+            husk_e2e::compile_static_c(
+                &husk_e2e::repo_root().join(format!("tests/guest/{prog}.c")),
+                &out,
+            );
+        }
     }
     d
+}
+
+/// VmRSS of process `pid`, KiB.
+fn rss_kib(pid: u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The shell command of a container that serves `body` over HTTP on
@@ -272,6 +288,39 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
         assert!(Instant::now() < deadline, "no UDP echo on port {udp}");
     };
     assert_eq!(got, b"ping-udp");
+
+    // A hostile guest: runts, garbage ethertypes, IPv4 and ARP with lying
+    // lengths, an MTU-sized frame, then 5 s of garbage as fast as it can
+    // send. The VMM and passt drop what they cannot use, do not grow
+    // without bound, and the network still works afterwards.
+    let v: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
+    let monitor = v[0]["State"]["Pid"].as_u64().unwrap();
+    let rss_before = rss_kib(monitor);
+    let abuse = h.ok(&["exec", "web", "/t/net_abuse", "eth0", "5"]);
+    eprintln!("{}", abuse.trim());
+    assert!(abuse.contains("abuse: 128 malformed"), "{abuse}");
+    let rss_after = rss_kib(monitor);
+    eprintln!("monitor VmRSS {rss_before} KiB before the abuse, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the monitor grew from {rss_before} to {rss_after} KiB under a TX flood"
+    );
+    assert_eq!(
+        http_get_until(&h, &id, &format!("127.0.0.1:{tcp}"), 120).trim(),
+        "hello-from-guest"
+    );
+    u.send_to(b"after-abuse", (hip, udp)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        if let Ok((n, _)) = u.recv_from(&mut buf) {
+            if &buf[..n] == b"after-abuse" {
+                break buf[..n].to_vec();
+            }
+        }
+        assert!(Instant::now() < deadline, "no UDP echo after the abuse");
+        u.send_to(b"after-abuse", (hip, udp)).unwrap();
+    };
+    assert_eq!(got, b"after-abuse");
 
     // What users see.
     let ps = h.ok(&["ps"]);
