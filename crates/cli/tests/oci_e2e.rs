@@ -21,9 +21,15 @@ use std::time::{Duration, Instant};
 use husk_e2e::engines::{Dockerd, Podman, ensure_docker, ensure_podman, text};
 use husk_e2e::require_kvm;
 
-/// The runtime script for the husk under test, in `dir`.
-fn runtime_script(dir: &Path) -> PathBuf {
-    husk_e2e::engines::runtime_script(dir, Path::new(env!("CARGO_BIN_EXE_husk")))
+/// A fresh scratch directory `name` for one engine test, and in it the
+/// runtime the engine calls: `husk oci` (the husk under test) with the
+/// tests' kernel and agent.
+fn engine_dir(name: &str) -> (PathBuf, PathBuf) {
+    let dir = husk_e2e::scratch(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let runtime = husk_e2e::engines::runtime_script(&dir, Path::new(env!("CARGO_BIN_EXE_husk")));
+    (dir, runtime)
 }
 
 #[test]
@@ -31,11 +37,7 @@ fn docker_runs_containers_in_husk_microvms() {
     require_kvm();
     let t0 = Instant::now();
     ensure_docker();
-    let dir = husk_e2e::scratch("oci-docker");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    // The runtime Docker calls: `husk oci`, with the test's kernel and agent.
-    let runtime = runtime_script(&dir);
+    let (dir, runtime) = engine_dir("oci-docker");
     // husk is also the default runtime, for `docker build`'s RUN steps.
     let d = Dockerd::start_with(&dir.join("d"), &runtime, &["--default-runtime", "husk"]);
 
@@ -284,10 +286,7 @@ fn docker_networks_reach_husk_microvms() {
     require_kvm();
     let t0 = Instant::now();
     ensure_docker();
-    let dir = husk_e2e::scratch("oci-docker-net");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let runtime = runtime_script(&dir);
+    let (dir, runtime) = engine_dir("oci-docker-net");
     let d = Dockerd::start_with(
         &dir.join("d"),
         &runtime,
@@ -390,11 +389,9 @@ fn podman_runs_containers_in_husk_microvms() {
     require_kvm();
     let t0 = Instant::now();
     ensure_podman();
-    let dir = husk_e2e::scratch("oci-podman");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, runtime) = engine_dir("oci-podman");
     let p = Podman {
-        runtime: runtime_script(&dir),
+        runtime,
         dir: dir.clone(),
     };
     let tar = dir.join("busybox.tar");
@@ -493,10 +490,7 @@ fn containerd_runs_a_container_in_a_husk_microvm() {
     require_kvm();
     let t0 = Instant::now();
     ensure_docker();
-    let dir = husk_e2e::scratch("oci-ctr");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let runtime = runtime_script(&dir);
+    let (dir, runtime) = engine_dir("oci-ctr");
     let sock = dir.join("containerd.sock");
     let config = dir.join("config.toml");
     std::fs::write(
