@@ -618,7 +618,8 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
             "-c",
             &format!(
                 "get() {{ for i in 1 2 3; do r=$(timeout 10 wget -q -O - $1) && echo $r && return; done; }}; \
-                 echo A=$(get http://web:8080/); echo B=$(get http://www:8080/); echo C=$(get http://{hip}:{out_port}/)"
+                 echo A=$(get http://web:8080/); echo B=$(get http://www:8080/); echo C=$(get http://{hip}:{out_port}/); \
+                 ping -c 1 -W 10 web >/dev/null && echo PING=ok"
             ),
         ],
     );
@@ -642,6 +643,8 @@ fn user_defined_networks_resolve_names_isolate_and_clean_up() {
     assert!(a.contains("A=hello-from-n1"), "{a}");
     assert!(a.contains("B=hello-from-n1"), "{a}");
     assert!(a.contains("C=hello-from-host"), "{a}");
+    // ICMP echo between two VMs on one bridge.
+    assert!(a.contains("PING=ok"), "{a}");
     assert!(!b.contains("hello-from-n1"), "{b}");
     assert!(!b.contains("IP=0") && !b.contains("NAME=0"), "{b}");
 
