@@ -6,7 +6,13 @@
  * virtio-net device, passt or the bridge) must drop what it cannot use and
  * keep serving the VM.
  *
- *   net_abuse IFACE SECONDS
+ *   net_abuse IFACE SECONDS [PHASES]
+ *
+ * PHASES: a comma-separated subset of runt,ether,ipv4,arp,big,spoof,flood
+ * (all by default), to find which kind of frame a backend mishandles.
+ * Every frame comes from the interface's own MAC except in `spoof`, which
+ * sends as other MACs (a device that let those through would have passt
+ * answer the forged address, and on a bridge impersonate neighbours).
  *
  * Prints "abuse: N malformed, F flood frames (B bytes) in S s, R refused"
  * and exits 0 when the socket worked; nonzero when it could not start.
@@ -57,20 +63,24 @@ static int put(size_t n) {
     return 1;
 }
 
-/* An Ethernet header: to `dst` (6 bytes), from a made-up source. */
+/* The interface's own MAC, the source of every frame but the spoofed. */
+static unsigned char own[6];
+
+/* An Ethernet header: to `dst` (6 bytes), from the interface. */
 static void eth(const unsigned char *dst, uint16_t type) {
     memcpy(frame, dst, 6);
-    const unsigned char src[6] = {0x02, 0xba, 0xd0, 0x00, 0x00, 0x01};
-    memcpy(frame + 6, src, 6);
+    memcpy(frame + 6, own, 6);
     frame[12] = type >> 8;
     frame[13] = type & 0xff;
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: net_abuse IFACE SECONDS\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: net_abuse IFACE SECONDS [runt,ether,ipv4,arp,big,spoof,flood]\n");
         return 2;
     }
+    const char *phases = argc == 4 ? argv[3] : "runt,ether,ipv4,arp,big,spoof,flood";
+#define PHASE(name) (strstr(phases, name) != NULL)
     double secs = atof(argv[2]);
     fd = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
     if (fd < 0) {
@@ -90,6 +100,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     int mtu = ifr.ifr_mtu;
+    if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) {
+        perror("SIOCGIFHWADDR");
+        return 1;
+    }
+    memcpy(own, ifr.ifr_hwaddr.sa_data, 6);
     memset(&to, 0, sizeof to);
     to.sll_family = AF_PACKET;
     to.sll_ifindex = ifindex;
@@ -100,13 +115,13 @@ int main(int argc, char **argv) {
     long malformed = 0;
 
     /* Runts: a bare header, and shorter than the 60-byte minimum. */
-    for (size_t n = 14; n < 60; n += 7) {
+    for (size_t n = 14; PHASE("runt") && n < 60; n += 7) {
         eth(uni, (uint16_t)rnd());
         garbage(frame + 14, n - 14);
         malformed += put(n);
     }
     /* Garbage ethertypes, to a unicast and the broadcast address. */
-    for (int i = 0; i < 64; i++) {
+    for (int i = 0; PHASE("ether") && i < 64; i++) {
         eth(i % 2 ? bcast : uni, (uint16_t)rnd());
         size_t n = 60 + rnd() % 1454;
         garbage(frame + 14, n - 14);
@@ -115,7 +130,7 @@ int main(int argc, char **argv) {
     /* IPv4 whose header lies: IHL below 5 and past the frame, total
      * length 0 and 65535, bad checksums, truncated after the header. */
     const unsigned char ihl[] = {0x40, 0x41, 0x4f, 0x45, 0x46};
-    for (int i = 0; i < 40; i++) {
+    for (int i = 0; PHASE("ipv4") && i < 40; i++) {
         eth(i % 2 ? bcast : uni, ETHERTYPE_IP);
         garbage(frame + 14, 60);
         frame[14] = ihl[i % sizeof ihl];
@@ -126,7 +141,7 @@ int main(int argc, char **argv) {
         malformed += put(14 + 20 + (i % 4) * 10);
     }
     /* ARP with wrong hardware and protocol lengths. */
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; PHASE("arp") && i < 16; i++) {
         eth(bcast, ETHERTYPE_ARP);
         garbage(frame + 14, 46);
         frame[18] = (unsigned char)rnd(); /* hlen */
@@ -135,16 +150,31 @@ int main(int argc, char **argv) {
     }
     /* The largest frame the MTU allows, and one byte more (refused by the
      * guest kernel, which is fine: the device never sees it). */
-    eth(uni, (uint16_t)rnd());
-    garbage(frame + 14, (size_t)mtu);
-    malformed += put(14 + (size_t)mtu);
-    put(14 + (size_t)mtu + 1);
+    if (PHASE("big")) {
+        eth(uni, (uint16_t)rnd());
+        garbage(frame + 14, (size_t)mtu);
+        malformed += put(14 + (size_t)mtu);
+        put(14 + (size_t)mtu + 1);
+    }
+
+    /* Spoofed sources: other unicast MACs, the broadcast address, zero. */
+    for (int i = 0; PHASE("spoof") && i < 16; i++) {
+        eth(i % 2 ? bcast : uni, ETHERTYPE_ARP);
+        unsigned char src[6] = {0x02, 0xba, 0xd0, 0x00, 0x00, (unsigned char)i};
+        if (i == 14)
+            memset(src, 0xff, 6);
+        if (i == 15)
+            memset(src, 0, 6);
+        memcpy(frame + 6, src, 6);
+        garbage(frame + 14, 46);
+        malformed += put(60);
+    }
 
     /* The flood. */
     long flood = 0;
     long long bytes = 0;
     double t0 = now();
-    while (now() - t0 < secs) {
+    while (PHASE("flood") && now() - t0 < secs) {
         for (int i = 0; i < 64; i++) {
             eth(i % 8 ? uni : bcast, (uint16_t)rnd());
             size_t n = 60 + rnd() % 1454;

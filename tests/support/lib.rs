@@ -405,8 +405,8 @@ impl Cli {
     }
 
     /// What a failing check should quote about container `name`: its
-    /// `ps`, `logs`, and the last lines of its monitor log and guest
-    /// console (found by the id `inspect` gives).
+    /// `ps`, `logs`, and the last lines of its monitor log, guest console
+    /// and passt log (found by the id `inspect` gives).
     pub fn diagnose(&self, name: &str) -> String {
         let run = |args: &[&str]| match self.cmd(args).output() {
             Ok(o) => format!(
@@ -427,7 +427,7 @@ impl Cli {
             .and_then(|(_, rest)| rest.split('"').nth(1))
             .unwrap_or("unknown");
         let dir = self.root.join("containers").join(id);
-        for file in ["monitor.log", "console.log"] {
+        for file in ["monitor.log", "console.log", "passt.log"] {
             let body = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| format!("({e})"));
             let lines: Vec<&str> = body.lines().collect();
             let tail = lines[lines.len().saturating_sub(30)..].join("\n");

@@ -298,7 +298,7 @@ fn default_network_publishes_ports_reaches_out_and_not_the_host_loopback() {
     let rss_before = rss_kib(monitor);
     let abuse = h.ok(&["exec", "web", "/t/net_abuse", "eth0", "5"]);
     eprintln!("{}", abuse.trim());
-    assert!(abuse.contains("abuse: 128 malformed"), "{abuse}");
+    assert!(abuse.contains("abuse: 144 malformed"), "{abuse}");
     let rss_after = rss_kib(monitor);
     eprintln!("monitor VmRSS {rss_before} KiB before the abuse, {rss_after} KiB after");
     assert!(

@@ -350,6 +350,7 @@ impl Net {
             backend,
             stats: self.stats.clone(),
             offloads,
+            mac: self.mac,
         })
         .map_err(|(e, backend)| {
             self.backend = Some(backend);

@@ -224,11 +224,13 @@ impl Driver {
     }
 }
 
-/// A test frame: an Ethernet header, then `len - 14` bytes from `seed`.
+/// A test frame: an Ethernet header (to and from the NIC's MAC, so the
+/// same frame serves RX and TX, which drops other sources), then
+/// `len - 14` bytes from `seed`.
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; len];
     f[..6].copy_from_slice(&MAC);
-    f[6..12].copy_from_slice(&[0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55]);
+    f[6..12].copy_from_slice(&MAC);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     for (i, b) in f[14..].iter_mut().enumerate() {
         *b = seed.wrapping_add((i % 251) as u8);
@@ -378,6 +380,28 @@ fn config_checks_features_and_config_space() {
     let mut past = [0xffu8; 4];
     net.read_config(12, &mut past);
     assert_eq!(past, [0xff; 4], "bytes past the config are the transport's");
+}
+
+#[test]
+fn tx_frames_from_another_source_mac_are_dropped() {
+    let mut d = Driver::new();
+    let mut rig = Rig::new(&d, MRG);
+    // Another unicast source, a broadcast source, and the NIC's own.
+    let mut spoofed = frame(100, 1);
+    spoofed[6..12].copy_from_slice(&[0x02, 0xba, 0xd0, 0, 0, 1]);
+    let mut bcast = frame(100, 2);
+    bcast[6..12].copy_from_slice(&[0xff; 6]);
+    let good = frame(100, 3);
+    let heads = [d.send(&spoofed), d.send(&bcast), d.send(&good)];
+    rig.pump();
+    // Every chain goes back to the guest; only the NIC's own frame leaves.
+    assert_eq!(
+        d.used(TX),
+        heads.iter().map(|h| (*h, 0)).collect::<Vec<_>>()
+    );
+    assert_eq!(rig.peer_read(4 + good.len()), framed(&good));
+    let c = rig.counters();
+    assert_eq!((c.tx_frames, c.tx_dropped), (1, 2));
 }
 
 #[test]

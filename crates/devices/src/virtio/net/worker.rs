@@ -42,6 +42,8 @@ pub(super) struct Setup {
     pub backend: Backend,
     pub stats: Arc<NetStats>,
     pub offloads: Offloads,
+    /// The NIC's MAC: the only source address a TX frame may carry.
+    pub mac: [u8; 6],
 }
 
 /// Why a TX chain was dropped.
@@ -114,6 +116,8 @@ pub(super) struct Worker {
     more: bool,
     /// One TX chain's bytes (header and frame), at most one largest frame.
     tx_pkt: Vec<u8>,
+    /// The NIC's MAC (TX frames from any other source are dropped).
+    mac: [u8; 6],
     /// The RX chains one frame took: (head, bytes written).
     rx_chains: Vec<(u16, u32)>,
     guest_errors: u64,
@@ -162,6 +166,7 @@ impl Worker {
             // Buffers may have been queued before the driver notified us.
             more: true,
             tx_pkt: Vec::with_capacity(VNET_HDR_LEN + MAX_FRAME),
+            mac: s.mac,
             rx_chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             guest_errors: 0,
         };
@@ -274,6 +279,21 @@ impl Worker {
             let head = chain.head_index();
             match read_tx_chain(&self.mem, chain, &mut self.tx_pkt) {
                 Ok(()) if !self.backend.alive() => self.stats.tx_drop(),
+                Ok(()) if !from_mac(&self.tx_pkt, &self.mac) => {
+                    // A guest that sends as another MAC would make passt
+                    // (which follows the guest's source address) answer
+                    // that address instead, and on a bridge impersonate
+                    // its neighbours: dropped, as a cloud NIC drops it.
+                    self.stats.tx_drop();
+                    guest_error(
+                        &mut self.guest_errors,
+                        format_args!(
+                            "dropping a TX frame from source MAC {} (the NIC is {})",
+                            super::format_mac(&source_mac(&self.tx_pkt)),
+                            super::format_mac(&self.mac)
+                        ),
+                    );
+                }
                 Ok(()) => match self.backend.send(&self.tx_pkt) {
                     Sent::Ok => self.stats.add_tx(self.tx_pkt.len() - VNET_HDR_LEN),
                     Sent::Dropped(why) => {
@@ -699,6 +719,21 @@ fn wants_interrupt(q: &Queue, mem: &GuestMemoryMmap) -> bool {
 
 /// Logs a guest mistake: loudly for the first few, quietly after that, so a
 /// hostile guest cannot flood the host's log.
+/// The source MAC of a TX packet (virtio header, then Ethernet); a chain
+/// shorter than that never gets here (`TxChainError::TooShort`).
+fn source_mac(pkt: &[u8]) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    if let Some(s) = pkt.get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12) {
+        m.copy_from_slice(s);
+    }
+    m
+}
+
+/// Whether a TX packet's source MAC is `mac`.
+fn from_mac(pkt: &[u8], mac: &[u8; 6]) -> bool {
+    pkt.get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12) == Some(&mac[..])
+}
+
 fn guest_error(count: &mut u64, what: std::fmt::Arguments<'_>) {
     *count += 1;
     if *count <= LOUD_GUEST_ERRORS {
