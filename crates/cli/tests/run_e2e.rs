@@ -76,6 +76,73 @@ fn sigterm_reaches_the_container() {
     assert!(t.elapsed() < Duration::from_secs(120));
 }
 
+/// SIGTERM to `husk run --rm` while its VM boots (the process has not
+/// started): the boot is given up at once (not after the boot timeout),
+/// `run` ends with 137 as for a container killed before it ran, and the
+/// `--rm` container, its sandbox directory and its monitor are gone.
+#[test]
+fn sigterm_during_boot_gives_the_boot_up_and_leaves_nothing() {
+    require_kvm();
+    let store = husk_e2e::scratch("run-e2e-store");
+    let mut child = husk_run(&["--name", "cancelled", "--", "echo", "never"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run husk");
+    // Until its monitor runs (the VM then takes 25 s or more to boot here).
+    let root = store.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while husk_e2e::processes_matching("__monitor")
+        .iter()
+        .all(|p| !p.contains(&root))
+    {
+        assert!(Instant::now() < deadline, "no monitor for {root}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: plain kill(2) of our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    eprintln!(
+        "run ended {:.1} s after SIGTERM during the boot, status {:?}",
+        took.as_secs_f64(),
+        out.status.code()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("never"));
+    // Everything of it goes with the monitor.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while husk_e2e::processes_matching("__monitor")
+        .iter()
+        .any(|p| p.contains(&root))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the monitor outlived the cancelled boot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // (The store's own lock stays; a container, or a .tmp-/.rm- leftover,
+    // would not.)
+    let left: Vec<_> = std::fs::read_dir(store.join("containers"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != ".create.lock")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "--rm left {left:?}");
+}
+
 /// The image and container workflow, offline: `husk import` a root
 /// directory, `husk images` lists it, `husk run IMAGE` runs its default
 /// command or the one given, and its exit code is the container's (a
