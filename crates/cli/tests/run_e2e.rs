@@ -84,7 +84,7 @@ fn sigterm_reaches_the_container() {
 fn sigterm_during_boot_gives_the_boot_up_and_leaves_nothing() {
     require_kvm();
     let store = husk_e2e::scratch("run-e2e-store");
-    let mut child = husk_run(&["--name", "cancelled", "--", "echo", "never"])
+    let child = husk_run(&["--name", "cancelled", "--", "echo", "never"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
