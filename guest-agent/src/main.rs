@@ -645,8 +645,11 @@ fn mount_volumes(volumes: &[VolumeArg]) {
             std::fs::create_dir_all(&target)
                 .and_then(|()| sys::mount(&v.tag, &target, "virtiofs", flags, None))
         };
+        // A container without its volume would write into its root what
+        // was meant for the host: it does not start (runc fails `create`).
         if let Err(e) = result {
             log(&format!("cannot mount volume {} on {}: {e}", v.tag, v.path));
+            power_off();
         }
     }
 }
@@ -694,6 +697,7 @@ fn mount_tmpfs(paths: &[String]) {
             Some("mode=1777"),
         ) {
             log(&format!("cannot mount a tmpfs on {path}: {e}"));
+            power_off();
         }
     }
 }

@@ -201,6 +201,67 @@ fn is_system_path(dest: &str) -> bool {
         .any(|p| dest == *p || dest.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
 }
 
+/// Makes the mount point `guest` (a directory, or an empty file if
+/// `file`) in the container root `root`, and the directories above it,
+/// where missing. The root is the image's, so each step resolves inside
+/// it (`RESOLVE_IN_ROOT`: a symlink such as `data -> /etc` leads to the
+/// root's /etc, never the host's), and new entries are made relative to
+/// their resolved parent, never following a symlink in their own name.
+fn make_mount_point(root: &Path, guest: &str, file: bool) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let parts: Vec<&str> = guest
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a mount point may not contain ..",
+        ));
+    }
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let resolve = |rel: &str, flags: OFlags| {
+        rustix::fs::openat2(
+            &root_fd,
+            if rel.is_empty() { "." } else { rel },
+            flags | OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    for (i, name) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        match resolve(&parts[..=i].join("/"), OFlags::empty()) {
+            Ok(_) => continue,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let parent = resolve(&parts[..i].join("/"), OFlags::DIRECTORY)?;
+        let made = if last && file {
+            rustix::fs::openat(
+                &parent,
+                *name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(&parent, *name, Mode::from_raw_mode(0o755))
+        };
+        match made {
+            // A racing creator, or a dangling symlink in the image: the
+            // guest's mount reports what is there.
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Translates a bundle's spec into a container: `bundle` is the (absolute)
 /// bundle directory, `vm` the kernel and agent.
 pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translation, OciError> {
@@ -271,6 +332,19 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
             warnings.push(format!(
                 "mount {dest} of type {typ:?} is not supported; left out"
             ));
+        }
+    }
+
+    // As runc does: the mount points are made in the bundle's root on the
+    // host, so a read-only root (`--read-only`) can still take volumes.
+    for v in &volumes {
+        if let Err(e) = make_mount_point(&root_path, &v.guest, v.host.is_file()) {
+            warnings.push(format!("mount point {}: {e}", v.guest));
+        }
+    }
+    for t in &tmpfs {
+        if let Err(e) = make_mount_point(&root_path, t, false) {
+            warnings.push(format!("mount point {t}: {e}"));
         }
     }
 
@@ -915,10 +989,21 @@ impl OciRuntime {
         if let Some(s) = console_socket {
             cmd.arg("--console-socket").arg(s);
         }
-        cmd.arg(id)
-            .stdin(ProcStdio::inherit())
-            .stdout(ProcStdio::inherit())
-            .stderr(ProcStdio::inherit());
+        cmd.arg(id);
+        if console_socket.is_some() {
+            // The process's stdio is the pty. The proxy outlives this
+            // command, so it must not hold what the engine gave it: the
+            // runc shim reads a terminal exec's stdout and stderr to EOF
+            // before the exec counts as started (Docker then times out
+            // `exec -it`'s resizes and never attaches).
+            cmd.stdin(ProcStdio::null())
+                .stdout(ProcStdio::null())
+                .stderr(ProcStdio::null());
+        } else {
+            cmd.stdin(ProcStdio::inherit())
+                .stdout(ProcStdio::inherit())
+                .stderr(ProcStdio::inherit());
+        }
         let mut child = cmd.spawn().map_err(io("start", &self.program))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -986,7 +1071,7 @@ impl OciRuntime {
         signals: Receiver<Control>,
     ) -> Result<i32, OciError> {
         let c = self.find(id)?;
-        let tty = spec.tty;
+        let (tty, term_size) = (spec.tty, spec.term_size);
         let console = match (tty, console_socket) {
             (true, Some(s)) => Some(open_console(s, spec.term_size)?),
             (true, None) => {
@@ -1025,6 +1110,7 @@ impl OciRuntime {
                 let input = tty.try_clone().map_err(io("use", Path::new("the pty")))?;
                 let resizes = Resizes {
                     tty: tty.try_clone().map_err(io("use", Path::new("the pty")))?,
+                    initial: term_size,
                 };
                 let w = session.writer();
                 std::thread::spawn(move || {
@@ -1254,28 +1340,35 @@ fn open_console(socket: &Path, size: Option<TermSize>) -> Result<File, OciError>
 /// Watches a pty's size (the engine resizes the master it holds).
 pub(crate) struct Resizes {
     tty: File,
+    /// The size the guest process started with (the spec's
+    /// `consoleSize`), if any.
+    initial: Option<TermSize>,
 }
 
 impl Resizes {
     /// Calls `each` with every new size while `alive()`.
     pub(crate) fn watch(&self, alive: &dyn Fn() -> bool, each: &mut dyn FnMut(TermSize)) {
-        let mut last = None;
+        let mut last = self.initial;
         while alive() {
-            if let Ok(w) = rustix::termios::tcgetwinsize(&self.tty) {
-                let sz = (w.ws_row, w.ws_col);
-                if last != Some(sz) && w.ws_row > 0 && w.ws_col > 0 {
-                    if last.is_some() {
-                        each(TermSize {
-                            rows: w.ws_row,
-                            cols: w.ws_col,
-                        });
-                    }
-                    last = Some(sz);
-                }
+            if let Ok(w) = rustix::termios::tcgetwinsize(&self.tty)
+                && let Some(sz) = next_size(last, w.ws_row, w.ws_col)
+            {
+                each(sz);
+                last = Some(sz);
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// The size to send the guest when the pty is `rows` x `cols` and the
+/// guest last heard `last`: none while the engine has not sized the pty
+/// (0 x 0) or nothing changed. Engines that give no `consoleSize` (Docker
+/// 20.10) size the pty only after `start`: that first size must reach the
+/// guest too, which started at its default.
+fn next_size(last: Option<TermSize>, rows: u16, cols: u16) -> Option<TermSize> {
+    let sz = TermSize { rows, cols };
+    (rows > 0 && cols > 0 && last != Some(sz)).then_some(sz)
 }
 
 /// The container's stdio as the monitor holds them.
@@ -1293,7 +1386,11 @@ enum StdioKind {
         stderr: File,
     },
     /// The replica of the pty whose master went to the console socket.
-    Terminal { tty: File },
+    Terminal {
+        tty: File,
+        /// The size the main process starts with.
+        size: Option<TermSize>,
+    },
 }
 
 impl OciStdio {
@@ -1338,6 +1435,7 @@ impl OciStdio {
         let kind = match oci.and_then(|o| o.console_socket.as_ref()) {
             Some(socket) if c.config.spec.tty => StdioKind::Terminal {
                 tty: open_console(socket, c.config.spec.term_size)?,
+                size: c.config.spec.term_size,
             },
             _ => StdioKind::Pipes {
                 stdin,
@@ -1351,7 +1449,10 @@ impl OciStdio {
     /// A watcher of the terminal's size, with a terminal.
     pub(crate) fn resizes(&self) -> Option<Resizes> {
         match &self.kind {
-            StdioKind::Terminal { tty } => tty.try_clone().ok().map(|tty| Resizes { tty }),
+            StdioKind::Terminal { tty, size } => tty.try_clone().ok().map(|tty| Resizes {
+                tty,
+                initial: *size,
+            }),
             StdioKind::Pipes { .. } => None,
         }
     }
@@ -1368,7 +1469,7 @@ impl OciStdio {
                 stdout: Box::new(stdout),
                 stderr: Box::new(stderr),
             },
-            StdioKind::Terminal { tty } => match tty.try_clone() {
+            StdioKind::Terminal { tty, .. } => match tty.try_clone() {
                 Ok(input) => Stdio {
                     stdin: Some(Box::new(input)),
                     stdout: Box::new(tty),
@@ -1390,6 +1491,53 @@ impl OciStdio {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_made_inside_the_root_even_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        make_mount_point(&root, "/data/deep/", false).unwrap();
+        assert!(root.join("data/deep").is_dir());
+        make_mount_point(&root, "/etc/hosts", true).unwrap();
+        assert!(root.join("etc/hosts").is_file());
+        // Already there: nothing changes.
+        std::fs::write(root.join("etc/hosts"), "x").unwrap();
+        make_mount_point(&root, "/etc/hosts", true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+            "x"
+        );
+        // A hostile image: symlinks to the host's paths, absolute and
+        // climbing out, resolve in the root.
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", root.join("up")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("host")).unwrap();
+        std::fs::create_dir(root.join("outside")).unwrap();
+        make_mount_point(&root, "/abs/x", false).unwrap();
+        assert!(root.join("etc/x").is_dir());
+        make_mount_point(&root, "/up/y", true).unwrap();
+        assert!(root.join("outside/y").is_file());
+        // Leading nowhere in the root: refused, and nothing made outside.
+        assert!(make_mount_point(&root, "/host/z", false).is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(make_mount_point(&root, "/a/../b", false).is_err());
+    }
+
+    #[test]
+    fn the_first_size_an_engine_gives_the_pty_reaches_the_guest() {
+        let sz = |rows, cols| TermSize { rows, cols };
+        // Docker 20.10: no consoleSize, the pty is 0 x 0 until the client
+        // resizes it after start.
+        assert_eq!(next_size(None, 0, 0), None);
+        assert_eq!(next_size(None, 24, 80), Some(sz(24, 80)));
+        assert_eq!(next_size(Some(sz(24, 80)), 24, 80), None);
+        assert_eq!(next_size(Some(sz(24, 80)), 50, 132), Some(sz(50, 132)));
+        // A half-set size is not a size.
+        assert_eq!(next_size(Some(sz(24, 80)), 0, 132), None);
+    }
 
     fn bundle(config: &str) -> (tempfile::TempDir, Spec) {
         let dir = tempfile::tempdir().unwrap();
