@@ -108,14 +108,27 @@ impl Drop for Dockerd {
             .arg(self.child.id().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stopped = false;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                stopped = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // A failed test leaves its containers running: their shims outlive
+        // dockerd by design, and each holds a husk monitor (a VM). Everything
+        // started under this daemon's exec root goes with it.
+        let exec_root = self.dir.join("exec").display().to_string();
+        for p in crate::processes_matching(&exec_root) {
+            if let Some(pid) = p.split_whitespace().next() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
     }
 }
 

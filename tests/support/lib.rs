@@ -8,6 +8,7 @@
 //! skipped quietly.
 
 pub mod engines;
+pub mod pty;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -14,22 +14,47 @@
 //! cgroup and `podman stats`, stop, rm); a fourth containerd through
 //! `ctr run --runc-binary`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use husk_e2e::engines::{Dockerd, Podman, ensure_docker, ensure_podman, text};
+use husk_e2e::pty::Pty;
 use husk_e2e::require_kvm;
 
 /// A fresh scratch directory `name` for one engine test, and in it the
-/// runtime the engine calls: `husk oci` (the husk under test) with the
-/// tests' kernel and agent.
+/// runtime the engine calls: `husk oci` (the husk under test, or
+/// `$HUSK_E2E_HUSK`: a copy that a rebuild cannot change under a running
+/// test) with the tests' kernel and agent.
 fn engine_dir(name: &str) -> (PathBuf, PathBuf) {
     let dir = husk_e2e::scratch(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let runtime = husk_e2e::engines::runtime_script(&dir, Path::new(env!("CARGO_BIN_EXE_husk")));
+    let husk = std::env::var_os("HUSK_E2E_HUSK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_husk")));
+    let runtime = husk_e2e::engines::runtime_script(&dir, &husk);
     (dir, runtime)
+}
+
+/// Types `line` and Enter into `t` every few seconds until `needle` shows
+/// up after it (an exec starts, and a resize reaches the guest,
+/// asynchronously), for up to 180 s.
+fn until_shown(t: &Pty, line: &str, needle: &str, d: &Dockerd) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let mark = t.len();
+        t.write(&format!("{line}\r"));
+        if t.wait_for(mark, needle, Duration::from_secs(3)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "typed {line:?}, never saw {needle:?}: {}\n{}",
+            t.text(),
+            d.log_tail()
+        );
+    }
 }
 
 #[test]
@@ -52,8 +77,14 @@ fn docker_runs_containers_in_husk_microvms() {
         "husk-bb",
     ]);
 
-    // One VM: the guest's kernel, -e, -w and the exit code.
+    // One VM: the guest's kernel, -e, -w, -u, a volume both ways, a
+    // read-only root and the exit code.
     let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
+    let vol = dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("in.txt"), "from-the-host\n").unwrap();
+    std::fs::set_permissions(&vol, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let volume = format!("{}:/data", vol.display());
     let o = d.timed(&[
         "run",
         "--rm",
@@ -65,10 +96,18 @@ fn docker_runs_containers_in_husk_microvms() {
         "FOO=bar",
         "-w",
         "/tmp",
+        "-u",
+        "65534:65534",
+        "-v",
+        &volume,
+        "--read-only",
         "husk-bb",
         "sh",
         "-c",
-        "uname -r; echo $FOO; pwd; exit 3",
+        "uname -r; echo $FOO; pwd; id -u; id -g; cat /data/in.txt; \
+         echo from-the-guest > /data/out.txt; \
+         if touch /etc/x 2>/dev/null; then echo root-writable; else echo root-read-only; fi; \
+         exit 3",
     ]);
     let out = text(&o.stdout);
     let lines: Vec<&str> = out.lines().collect();
@@ -79,12 +118,35 @@ fn docker_runs_containers_in_husk_microvms() {
         text(&o.stderr),
         d.log_tail()
     );
-    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines.len(), 7, "{out}");
     assert!(
         !lines[0].is_empty() && lines[0] != host.trim(),
         "guest kernel {out} vs host {host}"
     );
-    assert_eq!(&lines[1..], ["bar", "/tmp"]);
+    assert_eq!(
+        &lines[1..],
+        [
+            "bar",
+            "/tmp",
+            "65534",
+            "65534",
+            "from-the-host",
+            "root-read-only"
+        ]
+    );
+    // The guest's write reached the host, as the guest's user.
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out.txt")).unwrap(),
+        "from-the-guest\n"
+    );
+    let meta = std::fs::metadata(vol.join("out.txt")).unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta)
+        ),
+        (65534, 65534)
+    );
 
     // docker build (the classic builder of Docker 20.10) with husk as the
     // default runtime: the RUN step runs in a microVM, so the file records
@@ -254,6 +316,33 @@ fn docker_runs_containers_in_husk_microvms() {
     // exec -t: a terminal of its own, through --console-socket too.
     let tty = d.ok(&["exec", "-t", &id, "tty"]);
     assert!(tty.starts_with("/dev/pts/"), "docker exec -t: {tty:?}");
+    // exec -it from a terminal: typing reaches the guest, the window's
+    // size and its resizes too, and the exit code comes back.
+    let mut t = Pty::spawn(
+        d.cmd(&[
+            "exec",
+            "-it",
+            &id,
+            "sh",
+            "-c",
+            "while read x; do [ \"$x\" = q ] && exit 7; echo \"got-$x\"; stty size; done",
+        ]),
+        30,
+        100,
+    );
+    until_shown(&t, "hello", "got-hello", &d);
+    until_shown(&t, "", "30 100", &d);
+    t.resize(40, 120);
+    until_shown(&t, "", "40 120", &d);
+    t.write("q\r");
+    let st = t.wait(Duration::from_secs(60));
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(7),
+        "docker exec -it: {st:?}\n{}",
+        t.text()
+    );
+    drop(t);
     d.ok(&["stop", "-t", "30", &id]);
     // A terminal's line discipline ends lines with CR LF.
     assert_eq!(
@@ -265,6 +354,70 @@ fn docker_runs_containers_in_husk_microvms() {
         "0"
     );
     d.ok(&["rm", &id]);
+
+    // A third, `run -it` from a terminal: the window's first size reaches
+    // the guest (Docker 20.10 sizes the pty only after start), then a
+    // resize; pause stops the VM (nothing echoes) and unpause resumes it;
+    // `docker kill` ends it with SIGKILL (137).
+    let mut t = Pty::spawn(
+        d.cmd(&[
+            "run",
+            "-it",
+            "--runtime",
+            "husk",
+            "--network",
+            "none",
+            "--name",
+            "husk-tty",
+            "husk-bb",
+            "sh",
+        ]),
+        33,
+        99,
+    );
+    assert!(
+        t.wait_for(0, "# ", Duration::from_secs(300)),
+        "no prompt from docker run -it: {}\n{}",
+        t.text(),
+        d.log_tail()
+    );
+    until_shown(&t, "stty size", "33 99", &d);
+    t.resize(45, 140);
+    until_shown(&t, "stty size", "45 140", &d);
+    d.ok(&["pause", "husk-tty"]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Status}}", "husk-tty"])
+            .trim(),
+        "paused"
+    );
+    let mark = t.len();
+    t.write("echo $((6*7))\r");
+    assert!(
+        !t.wait_for(mark, "42", Duration::from_secs(3)),
+        "a paused VM answered: {}",
+        t.text()
+    );
+    d.ok(&["unpause", "husk-tty"]);
+    assert!(
+        t.wait_for(mark, "42", Duration::from_secs(60)),
+        "no answer after unpause: {}",
+        t.text()
+    );
+    d.ok(&["kill", "husk-tty"]);
+    let st = t.wait(Duration::from_secs(60));
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(137),
+        "docker run -it after kill: {st:?}"
+    );
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "husk-tty"])
+            .trim(),
+        "137"
+    );
+    drop(t);
+    d.ok(&["rm", "husk-tty"]);
+
     assert!(d.ok(&["ps", "-aq"]).trim().is_empty());
     for dir in &cgroup_dirs {
         assert!(!dir.exists(), "{} left behind", dir.display());
