@@ -3,12 +3,15 @@
 //! (its own --data-root, --exec-root, --pidfile and socket; a developer's
 //! Docker is untouched) with `--add-runtime husk=<husk oci>`, imports a
 //! busybox image offline and checks, with `--runtime husk --network none`:
-//! `uname -r` is the guest kernel's, exit codes, `-e` and `-w` pass through
-//! (one container); `run -d`, `logs`, `top`, `exec` (output and exit
-//! code), `exec -t`, `update`, `stop` with a TERM trap, the exit code and
-//! `rm` (a second one, run with `-t` (a pty through --console-socket) and
-//! `--memory`: its monitor is in the container's cgroup and `docker
-//! stats` shows the limit, and the cgroup goes with `rm`). A second test
+//! `uname -r` is the guest kernel's, exit codes, `-e`, `-w`, `-u`, a volume
+//! both ways and `--read-only` pass through (one container); `docker
+//! build`; `run -d`, `logs`, `top`, `exec` (output and exit code), `exec
+//! -t`, `exec -it` from the test's pty (typing, size, resize), `update`,
+//! `stop` with a TERM trap, the exit code and `rm` (a second one, run with
+//! `-t` (a pty through --console-socket) and `--memory`: its monitor is in
+//! the container's cgroup and `docker stats` shows the limit, and the
+//! cgroup goes with `rm`); `run -it` from a pty, `pause`/`unpause` and
+//! `kill` (a third). A second test
 //! runs Docker with iptables: a user network, `-p` and the embedded DNS;
 //! a third Podman 4.3 through conmon (run attached and `-d`, exec, the
 //! cgroup and `podman stats`, stop, rm); a fourth containerd through
