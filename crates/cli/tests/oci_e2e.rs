@@ -104,12 +104,27 @@ fn docker_runs_containers_in_husk_microvms() {
         "-v",
         &volume,
         "--read-only",
+        // The process's limits and privileges, and the container's
+        // sysctls, masked and read-only paths, applied in the guest.
+        "--ulimit",
+        "nofile=1234:2345",
+        "--cap-drop",
+        "NET_RAW",
+        "--security-opt",
+        "no-new-privileges",
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
         "husk-bb",
         "sh",
         "-c",
         "uname -r; echo $FOO; pwd; id -u; id -g; cat /data/in.txt; \
          echo from-the-guest > /data/out.txt; \
          if touch /etc/x 2>/dev/null; then echo root-writable; else echo root-read-only; fi; \
+         echo nofile $(ulimit -Sn) $(ulimit -Hn); \
+         grep -E '^(CapBnd|NoNewPrivs):' /proc/self/status | tr -s ' \\t' ' '; \
+         echo ip_forward $(cat /proc/sys/net/ipv4/ip_forward); \
+         echo firmware-masked $(grep -c ' /sys/firmware ro,' /proc/self/mountinfo); \
+         echo proc-sys-ro $(grep -c ' /proc/sys ro,' /proc/self/mountinfo); \
          exit 3",
     ]);
     let out = text(&o.stdout);
@@ -121,7 +136,7 @@ fn docker_runs_containers_in_husk_microvms() {
         text(&o.stderr),
         d.log_tail()
     );
-    assert_eq!(lines.len(), 7, "{out}");
+    assert_eq!(lines.len(), 13, "{out}");
     assert!(
         !lines[0].is_empty() && lines[0] != host.trim(),
         "guest kernel {out} vs host {host}"
@@ -134,7 +149,16 @@ fn docker_runs_containers_in_husk_microvms() {
             "65534",
             "65534",
             "from-the-host",
-            "root-read-only"
+            "root-read-only",
+            "nofile 1234 2345",
+            // Docker's default set (0xa80425fb) without CAP_NET_RAW (13).
+            "CapBnd: 00000000a80405fb",
+            "NoNewPrivs: 1",
+            "ip_forward 1",
+            // Docker masks /sys/firmware (an empty read-only tmpfs over
+            // it); the guest kernel has no /proc/kcore to mask.
+            "firmware-masked 1",
+            "proc-sys-ro 1",
         ]
     );
     // The guest's write reached the host, as the guest's user.

@@ -206,6 +206,28 @@ mod tests {
                     })),
             ),
             Request::Run(RunSpec::new(["true"])),
+            Request::Run({
+                let mut s = RunSpec::new(["/bin/sh"]).main();
+                s.rlimits = vec![crate::Rlimit {
+                    resource: 7,
+                    soft: 1024,
+                    hard: u64::MAX,
+                }];
+                s.capabilities = Some(crate::Capabilities {
+                    bounding: 0xa80425fb,
+                    effective: 0xa80425fb,
+                    permitted: 0xa80425fb,
+                    inheritable: 0,
+                    ambient: 0,
+                });
+                s.no_new_privileges = true;
+                s.umask = Some(0o027);
+                s.oom_score_adj = Some(-500);
+                s.masked_paths = vec![b"/proc/kcore".to_vec()];
+                s.readonly_paths = vec![b"/proc/sys".to_vec()];
+                s.sysctls = vec![("net.ipv4.ip_forward".into(), "1".into())];
+                s
+            }),
             Request::Signal { signo: 15 },
             Request::Stdin {
                 data: (0..=255).collect(),
@@ -378,7 +400,11 @@ mod tests {
         ));
         // Invalid bool.
         let mut spec = postcard::to_stdvec(&Request::Run(RunSpec::new(["x"]))).unwrap();
-        let tty = spec.len() - 2; // ..., tty, term_size(None)
+        // ..., tty, term_size(None), main, rlimits(0), capabilities(None),
+        // no_new_privileges, umask(None), oom_score_adj(None), masked(0),
+        // readonly(0), sysctls(0)
+        let tty = spec.len() - 11;
+        assert_eq!(spec[tty..], [0; 11]);
         spec[tty] = 7;
         assert!(matches!(
             frame(&spec).recv::<Request>(),

@@ -57,13 +57,19 @@ pub mod hybrid;
 pub mod message;
 
 pub use frame::{FrameReader, FrameWriter, decode_payload, encode_frame};
-pub use message::{Event, ExitStatus, GuestStats, Hello, Request, RunSpec, TermSize};
+pub use message::{
+    CAP_MAX, Capabilities, Event, ExitStatus, GuestStats, Hello, MAX_PATH_LEN, MAX_PATHS,
+    MAX_RLIMITS, MAX_SYSCTL_NAME_LEN, MAX_SYSCTLS, RLIMIT_NLIMITS, Request, Rlimit, RunSpec,
+    TermSize, sysctl_path, valid_sysctl_name,
+};
 
 /// The protocol version this crate speaks. Bumped on any incompatible
 /// change to the messages (postcard encodes enum variants by index, so
 /// reordering or inserting variants is incompatible; appending is too, for
-/// an older peer that receives the new variant).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// an older peer that receives the new variant; so is a field added to a
+/// struct, which postcard encodes as a tuple: 3 added `RunSpec`'s limits,
+/// capabilities and the container-wide masked/read-only paths and sysctls).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Identifies a husk peer in [`Hello`]: "husk" in ASCII.
 pub const MAGIC: u32 = u32::from_be_bytes(*b"husk");

@@ -25,7 +25,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use husk_protocol::{RunSpec, TermSize};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{Capability, LinuxNamespaceType, PosixRlimitType, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::container::{Container, ContainerConfig, ContainerStore, Status, VmSettings};
@@ -287,7 +287,7 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
         .process()
         .as_ref()
         .ok_or_else(|| OciError::Unsupported("the bundle's config.json has no process".into()))?;
-    let mut run = process_spec(process, &mut warnings)?;
+    let mut run = process_spec(process)?;
     run.main = true;
 
     let mut volumes = Vec::new();
@@ -445,12 +445,34 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
                 .into(),
         );
     }
-    if linux.is_some_and(|l| {
-        l.masked_paths().as_ref().is_some_and(|m| !m.is_empty())
-            || l.readonly_paths().as_ref().is_some_and(|m| !m.is_empty())
-    }) {
-        warnings.push("linux.maskedPaths and readonlyPaths are not applied in the guest".into());
+    // Container-wide, applied by the agent in the main process's mount
+    // namespace (execs join it) and in the guest kernel.
+    if let Some(l) = linux {
+        for (what, paths, into) in [
+            ("linux.maskedPaths", l.masked_paths(), &mut run.masked_paths),
+            (
+                "linux.readonlyPaths",
+                l.readonly_paths(),
+                &mut run.readonly_paths,
+            ),
+        ] {
+            for p in paths.iter().flatten() {
+                if !p.starts_with('/')
+                    || p.trim_end_matches('/').is_empty()
+                    || p.contains('\0')
+                    || p.split('/').any(|c| c == "..")
+                {
+                    return Err(OciError::Unsupported(format!(
+                        "{what}: {p:?} must be an absolute path other than / without .."
+                    )));
+                }
+                into.push(p.as_bytes().to_vec());
+            }
+        }
+        run.sysctls = sysctls(l.sysctl().as_ref())?;
     }
+    run.check()
+        .map_err(|e| OciError::Unsupported(format!("the spec's process: {e}")))?;
     // Resolved (systemd form, validity) by `create`, which knows
     // --systemd-cgroup.
     let cgroup = linux
@@ -527,7 +549,7 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
 }
 
 /// The spec's `process` as a process for the agent.
-fn process_spec(p: &Process, warnings: &mut Vec<String>) -> Result<RunSpec, OciError> {
+fn process_spec(p: &Process) -> Result<RunSpec, OciError> {
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(OciError::Unsupported("process.args is empty".into()));
@@ -555,19 +577,231 @@ fn process_spec(p: &Process, warnings: &mut Vec<String>) -> Result<RunSpec, OciE
         });
         spec = spec.tty(size);
     }
-    if p.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
-        warnings.push("process.rlimits are not applied in the guest".into());
-    }
-    if p.capabilities().is_some() {
-        warnings.push(
-            "process.capabilities are not applied: the guest process keeps root's (inside its own VM)"
-                .into(),
-        );
-    }
-    if p.user().umask().is_some() {
-        warnings.push("process.user.umask is not applied in the guest".into());
-    }
+    // Applied by the agent between fork and exec, in runc's order.
+    spec.rlimits = p
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| husk_protocol::Rlimit {
+            resource: rlimit_number(r.typ()),
+            soft: r.soft(),
+            hard: r.hard(),
+        })
+        .collect();
+    spec.capabilities = p
+        .capabilities()
+        .as_ref()
+        .map(|c| husk_protocol::Capabilities {
+            bounding: cap_mask(c.bounding().as_ref()),
+            effective: cap_mask(c.effective().as_ref()),
+            permitted: cap_mask(c.permitted().as_ref()),
+            inheritable: cap_mask(c.inheritable().as_ref()),
+            ambient: cap_mask(c.ambient().as_ref()),
+        });
+    spec.no_new_privileges = p.no_new_privileges().unwrap_or(false);
+    spec.umask = p.user().umask();
+    spec.oom_score_adj = p.oom_score_adj();
+    spec.check()
+        .map_err(|e| OciError::Unsupported(format!("process: {e}")))?;
     Ok(spec)
+}
+
+/// Linux's number of a capability (`CAP_CHOWN` is 0).
+fn cap_number(c: Capability) -> u32 {
+    use Capability::*;
+    match c {
+        Chown => 0,
+        DacOverride => 1,
+        DacReadSearch => 2,
+        Fowner => 3,
+        Fsetid => 4,
+        Kill => 5,
+        Setgid => 6,
+        Setuid => 7,
+        Setpcap => 8,
+        LinuxImmutable => 9,
+        NetBindService => 10,
+        NetBroadcast => 11,
+        NetAdmin => 12,
+        NetRaw => 13,
+        IpcLock => 14,
+        IpcOwner => 15,
+        SysModule => 16,
+        SysRawio => 17,
+        SysChroot => 18,
+        SysPtrace => 19,
+        SysPacct => 20,
+        SysAdmin => 21,
+        SysBoot => 22,
+        SysNice => 23,
+        SysResource => 24,
+        SysTime => 25,
+        SysTtyConfig => 26,
+        Mknod => 27,
+        Lease => 28,
+        AuditWrite => 29,
+        AuditControl => 30,
+        Setfcap => 31,
+        MacOverride => 32,
+        MacAdmin => 33,
+        Syslog => 34,
+        WakeAlarm => 35,
+        BlockSuspend => 36,
+        AuditRead => 37,
+        Perfmon => 38,
+        Bpf => 39,
+        CheckpointRestore => 40,
+    }
+}
+
+/// Every capability oci-spec knows, by number (for `features`).
+const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// A set of the spec as the agent's mask (a missing set is empty, as
+/// with runc).
+fn cap_mask(set: Option<&oci_spec::runtime::Capabilities>) -> u64 {
+    set.into_iter()
+        .flatten()
+        .fold(0, |m, c| m | 1u64 << cap_number(*c))
+}
+
+/// Linux's (x86-64, the guest's) number of a resource limit.
+fn rlimit_number(t: PosixRlimitType) -> u32 {
+    use PosixRlimitType::*;
+    match t {
+        RlimitCpu => 0,
+        RlimitFsize => 1,
+        RlimitData => 2,
+        RlimitStack => 3,
+        RlimitCore => 4,
+        RlimitRss => 5,
+        RlimitNproc => 6,
+        RlimitNofile => 7,
+        RlimitMemlock => 8,
+        RlimitAs => 9,
+        RlimitLocks => 10,
+        RlimitSigpending => 11,
+        RlimitMsgqueue => 12,
+        RlimitNice => 13,
+        RlimitRtprio => 14,
+        RlimitRttime => 15,
+    }
+}
+
+/// `linux.sysctl`, checked (names are written as paths under the guest's
+/// /proc/sys: dot-separated segments of `[a-z0-9_-]` only), in name
+/// order.
+fn sysctls(
+    map: Option<&std::collections::HashMap<String, String>>,
+) -> Result<Vec<(String, String)>, OciError> {
+    let mut out: Vec<(String, String)> = map
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.sort();
+    for (k, v) in &out {
+        if !husk_protocol::valid_sysctl_name(k) {
+            return Err(OciError::Unsupported(format!(
+                "linux.sysctl: invalid name {k:?}: dot-separated segments of [a-z0-9_-], e.g. net.ipv4.ip_forward"
+            )));
+        }
+        if v.contains('\0') || v.len() > husk_protocol::MAX_PATH_LEN {
+            return Err(OciError::Unsupported(format!(
+                "linux.sysctl: the value of {k} must be at most {} bytes without NUL",
+                husk_protocol::MAX_PATH_LEN
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a spec (`config.json`, or exec's process JSON with `process`
+/// false: the object is the process) with oci-spec; a capability name
+/// oci-spec does not know (a newer kernel's) fails its parse, so such
+/// names are left out with a warning instead, as runc ignores them.
+fn parse_lenient<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    process: bool,
+    warnings: &mut Vec<String>,
+) -> Result<T, serde_json::Error> {
+    let strict = match serde_json::from_slice::<T>(bytes) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Err(strict);
+    };
+    let caps = if process {
+        value.get_mut("process")
+    } else {
+        Some(&mut value)
+    }
+    .and_then(|p| p.get_mut("capabilities"))
+    .and_then(|c| c.as_object_mut());
+    let mut dropped = Vec::new();
+    for (set, names) in caps.into_iter().flatten() {
+        if let Some(list) = names.as_array_mut() {
+            list.retain(|n| {
+                let known = serde_json::from_value::<Capability>(n.clone()).is_ok();
+                if !known {
+                    dropped.push(format!("{set}: {n}"));
+                }
+                known
+            });
+        }
+    }
+    if dropped.is_empty() {
+        return Err(strict);
+    }
+    let parsed = serde_json::from_value::<T>(value).map_err(|_| strict)?;
+    warnings.push(format!(
+        "unknown capabilities left out (as runc does): {}",
+        dropped.join(", ")
+    ));
+    Ok(parsed)
 }
 
 /// The spec's status of a container.
@@ -633,7 +867,7 @@ pub fn features() -> serde_json::Value {
         "mountOptions": ["bind", "rbind", "ro", "rw"],
         "linux": {
             "namespaces": ["network"],
-            "capabilities": [],
+            "capabilities": &CAPABILITY_NAMES[..],
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
             "seccomp": { "enabled": false },
             "apparmor": { "enabled": false },
@@ -707,14 +941,21 @@ impl OciRuntime {
         }
         let bundle = std::fs::canonicalize(&req.bundle).map_err(io("use bundle", &req.bundle))?;
         let path = bundle.join("config.json");
-        let spec = Spec::load(&path).map_err(|source| OciError::Spec {
+        let bytes = std::fs::read(&path).map_err(|e| OciError::Spec {
             path: path.clone(),
-            source,
+            source: oci_spec::OciSpecError::Io(e),
         })?;
+        let mut parse_warnings = Vec::new();
+        let spec: Spec =
+            parse_lenient(&bytes, true, &mut parse_warnings).map_err(|e| OciError::Spec {
+                path: path.clone(),
+                source: oci_spec::OciSpecError::SerDe(e),
+            })?;
         let Translation {
             mut config,
-            warnings,
+            mut warnings,
         } = translate(&bundle, &spec, req.vm.clone())?;
+        warnings.splice(0..0, parse_warnings);
         if config.spec.tty && req.console_socket.is_none() {
             return Err(OciError::Unsupported(
                 "process.terminal is set but no --console-socket was given".into(),
@@ -938,12 +1179,13 @@ impl OciRuntime {
         if status_of(&c) != "running" {
             return Err(OciError::NotRunning(id.to_owned()));
         }
-        let p: Process = serde_json::from_slice(process_json).map_err(|e| OciError::Spec {
-            path: what.to_owned(),
-            source: oci_spec::OciSpecError::SerDe(e),
-        })?;
         let mut warnings = Vec::new();
-        let spec = process_spec(&p, &mut warnings)?;
+        let p: Process =
+            parse_lenient(process_json, false, &mut warnings).map_err(|e| OciError::Spec {
+                path: what.to_owned(),
+                source: oci_spec::OciSpecError::SerDe(e),
+            })?;
+        let spec = process_spec(&p)?;
         for w in warnings {
             log::warn!("{w}");
         }
@@ -1694,6 +1936,223 @@ mod tests {
             case(r#"["true"]"#, "/", net, r#"{"io.husk.memory":"1024"}"#),
             ""
         );
+    }
+
+    /// Docker 20.10's spec for `docker run --ulimit nofile=1024:2048
+    /// --sysctl net.ipv4.ip_forward=1 --security-opt no-new-privileges`.
+    const DOCKER_SECURITY: &str = r#"{
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0, "umask": 18},
+            "args": ["sh"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW","CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE","CAP_SYS_CHROOT","CAP_KILL","CAP_AUDIT_WRITE"],
+                "effective": ["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW","CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE","CAP_SYS_CHROOT","CAP_KILL","CAP_AUDIT_WRITE"],
+                "permitted": ["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW","CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE","CAP_SYS_CHROOT","CAP_KILL","CAP_AUDIT_WRITE"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024}, {"type": "RLIMIT_NPROC", "hard": 500, "soft": 400}],
+            "noNewPrivileges": true,
+            "oomScoreAdj": 0
+        },
+        "root": {"path": "rootfs"},
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}],
+            "sysctl": {"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"},
+            "maskedPaths": ["/proc/asound","/proc/acpi","/proc/kcore","/proc/keys","/proc/latency_stats","/proc/timer_list","/proc/timer_stats","/proc/sched_debug","/proc/scsi","/sys/firmware"],
+            "readonlyPaths": ["/proc/bus","/proc/fs","/proc/irq","/proc/sys","/proc/sysrq-trigger"]
+        }
+    }"#;
+
+    /// Docker's default capabilities as a mask.
+    const DOCKER_CAPS: u64 = 1 << 0
+        | 1 << 1
+        | 1 << 4
+        | 1 << 3
+        | 1 << 27
+        | 1 << 13
+        | 1 << 6
+        | 1 << 7
+        | 1 << 31
+        | 1 << 8
+        | 1 << 10
+        | 1 << 18
+        | 1 << 5
+        | 1 << 29;
+
+    #[test]
+    fn docker_security_settings_reach_the_run_spec() {
+        let (dir, spec) = bundle(DOCKER_SECURITY);
+        let t = translate(dir.path(), &spec, VmSettings::default()).unwrap();
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        let r = &t.config.spec;
+        assert_eq!(
+            r.rlimits,
+            vec![
+                husk_protocol::Rlimit {
+                    resource: 7,
+                    soft: 1024,
+                    hard: 2048
+                },
+                husk_protocol::Rlimit {
+                    resource: 6,
+                    soft: 400,
+                    hard: 500
+                },
+            ]
+        );
+        assert_eq!(
+            r.capabilities,
+            Some(husk_protocol::Capabilities {
+                bounding: DOCKER_CAPS,
+                effective: DOCKER_CAPS,
+                permitted: DOCKER_CAPS,
+                inheritable: 0,
+                ambient: 0,
+            })
+        );
+        assert_eq!(
+            DOCKER_CAPS, 0xa80425fb,
+            "Docker's default set, as runc shows it"
+        );
+        assert!(r.no_new_privileges);
+        assert_eq!(r.umask, Some(0o022));
+        assert_eq!(r.oom_score_adj, Some(0));
+        assert_eq!(r.masked_paths.len(), 10);
+        assert_eq!(r.masked_paths[2], b"/proc/kcore");
+        assert_eq!(r.readonly_paths[3], b"/proc/sys");
+        assert_eq!(
+            r.sysctls,
+            vec![
+                ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+                ("net.ipv4.ip_forward".to_string(), "1".to_string()),
+            ]
+        );
+        r.check().unwrap();
+
+        // Without any of them (husk's own processes), nothing is set.
+        let (dir, spec) = bundle(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+                "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},
+                "linux":{"namespaces":[{"type":"network"}]}}"#,
+        );
+        let r = translate(dir.path(), &spec, VmSettings::default())
+            .unwrap()
+            .config
+            .spec;
+        assert_eq!(r.capabilities, None);
+        assert!(r.rlimits.is_empty() && r.masked_paths.is_empty() && r.sysctls.is_empty());
+        assert!(!r.no_new_privileges && r.umask.is_none() && r.oom_score_adj.is_none());
+    }
+
+    #[test]
+    fn bad_sysctls_and_paths_are_refused_at_create() {
+        let err = |linux: &str| {
+            let config = DOCKER_SECURITY.replace(
+                r#""sysctl": {"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"},"#,
+                linux,
+            );
+            let (dir, spec) = bundle(&config);
+            translate(dir.path(), &spec, VmSettings::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        for bad in [
+            "net/ipv4/ip_forward",
+            "../../etc/passwd",
+            "net..ipv4",
+            "net.ipv4.ip_forward/../../x",
+            "",
+            "NET.IPV4",
+            "net.ipv4.ip forward",
+        ] {
+            let e = err(&format!(r#""sysctl": {{"{bad}": "1"}},"#));
+            assert!(e.contains("linux.sysctl: invalid name"), "{bad}: {e}");
+        }
+        assert!(err(r#""sysctl": {"kernel.x": "a\u0000b"},"#).contains("without NUL"));
+        assert_eq!(
+            err(r#""sysctl": {"net.ipv4.conf.all.rp_filter": "2"},"#),
+            ""
+        );
+        let config = DOCKER_SECURITY.replace(r#""/proc/kcore""#, r#""/proc/../etc""#);
+        let (dir, spec) = bundle(&config);
+        let e = translate(dir.path(), &spec, VmSettings::default()).unwrap_err();
+        assert!(e.to_string().contains("linux.maskedPaths"), "{e}");
+        let config = DOCKER_SECURITY.replace(r#""/proc/sys""#, r#""relative""#);
+        let (dir, spec) = bundle(&config);
+        let e = translate(dir.path(), &spec, VmSettings::default()).unwrap_err();
+        assert!(e.to_string().contains("linux.readonlyPaths"), "{e}");
+        // Effective outside permitted cannot be set (capset(2) refuses it).
+        let config = DOCKER_SECURITY.replace(
+            r#""effective": ["CAP_CHOWN","#,
+            r#""effective": ["CAP_SYS_ADMIN","CAP_CHOWN","#,
+        );
+        let (dir, spec) = bundle(&config);
+        let e = translate(dir.path(), &spec, VmSettings::default()).unwrap_err();
+        assert!(e.to_string().contains("effective capabilities"), "{e}");
+    }
+
+    #[test]
+    fn unknown_capability_names_are_left_out_with_a_warning() {
+        let config = DOCKER_SECURITY.replace(
+            r#""bounding": ["CAP_CHOWN","#,
+            r#""bounding": ["CAP_FUTURE_THING","CAP_CHOWN","#,
+        );
+        assert!(
+            serde_json::from_str::<Spec>(&config).is_err(),
+            "oci-spec refuses it"
+        );
+        let mut warnings = Vec::new();
+        let spec: Spec = parse_lenient(config.as_bytes(), true, &mut warnings).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("CAP_FUTURE_THING"), "{warnings:?}");
+        let r = process_spec(spec.process().as_ref().unwrap()).unwrap();
+        assert_eq!(r.capabilities.unwrap().bounding, DOCKER_CAPS);
+        // A good spec parses strictly, without warnings; a bad one (not a
+        // capability) still fails.
+        let mut warnings = Vec::new();
+        parse_lenient::<Spec>(DOCKER_SECURITY.as_bytes(), true, &mut warnings).unwrap();
+        assert!(warnings.is_empty());
+        let bad = DOCKER_SECURITY.replace(r#""RLIMIT_NOFILE""#, r#""RLIMIT_BOGUS""#);
+        assert!(parse_lenient::<Spec>(bad.as_bytes(), true, &mut warnings).is_err());
+        assert!(warnings.is_empty());
+
+        // An exec's process JSON: its own capabilities and rlimits.
+        let exec = r#"{"user":{"uid":1000,"gid":1000},"args":["id"],"cwd":"/",
+            "capabilities":{"bounding":["CAP_KILL","CAP_NOPE"],"effective":[],"permitted":[],
+                            "inheritable":["CAP_KILL"],"ambient":["CAP_KILL"]},
+            "rlimits":[{"type":"RLIMIT_CORE","hard":0,"soft":0}],"noNewPrivileges":true}"#;
+        let mut warnings = Vec::new();
+        let p: Process = parse_lenient(exec.as_bytes(), false, &mut warnings).unwrap();
+        assert!(warnings[0].contains("CAP_NOPE"), "{warnings:?}");
+        // Ambient needs permitted too: refused before anything starts.
+        let e = process_spec(&p).unwrap_err().to_string();
+        assert!(e.contains("ambient"), "{e}");
+        let exec = exec.replace(r#""permitted":[]"#, r#""permitted":["CAP_KILL"]"#);
+        let p: Process = parse_lenient(exec.as_bytes(), false, &mut warnings).unwrap();
+        let r = process_spec(&p).unwrap();
+        assert!(!r.main && r.no_new_privileges);
+        assert_eq!(
+            r.capabilities,
+            Some(husk_protocol::Capabilities {
+                bounding: 1 << 5,
+                effective: 0,
+                permitted: 1 << 5,
+                inheritable: 1 << 5,
+                ambient: 1 << 5,
+            })
+        );
+        assert_eq!(r.rlimits[0].resource, 4);
+    }
+
+    #[test]
+    fn every_capability_has_its_linux_number() {
+        for (n, name) in CAPABILITY_NAMES.iter().enumerate() {
+            let c: Capability = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(cap_number(c) as usize, n, "{name}");
+        }
+        assert_eq!(features()["linux"]["capabilities"][21], "CAP_SYS_ADMIN");
     }
 
     #[test]
