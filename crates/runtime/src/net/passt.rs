@@ -16,9 +16,11 @@
 
 use super::{DEFAULT_DNS, DEFAULT_GATEWAY, DEFAULT_GUEST_IP, DEFAULT_MTU, DEFAULT_PREFIX};
 use super::{PortBinding, Proto};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Why passt could not be started.
@@ -156,10 +158,17 @@ pub fn args(ports: &[PortBinding], map_host_loopback: bool, log: &Path) -> Vec<S
     a
 }
 
-/// A running passt; killed (and reaped) when dropped.
+/// A running passt; killed (and reaped) when dropped. A watcher thread
+/// notices if it dies while the VM runs (a crash, a kill by hand): the
+/// container's network is then down, which the monitor's log says with
+/// passt's exit status and the end of its log.
 #[derive(Debug)]
 pub struct Passt {
     child: Child,
+    /// Set when husk itself stops passt: its exit is then expected.
+    stopping: Arc<AtomicBool>,
+    /// Why passt exited on its own, once it has.
+    exited: Arc<Mutex<Option<String>>>,
 }
 
 impl Passt {
@@ -205,17 +214,102 @@ impl Passt {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok((Passt { child }, OwnedFd::from(ours)))
+        let stopping = Arc::new(AtomicBool::new(false));
+        let exited = Arc::new(Mutex::new(None));
+        watch(&child, log, stopping.clone(), exited.clone());
+        Ok((
+            Passt {
+                child,
+                stopping,
+                exited,
+            },
+            OwnedFd::from(ours),
+        ))
     }
 
     /// passt's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Why passt exited by itself (its status and the end of its log), if
+    /// it has: the container's network is down.
+    pub fn exited(&self) -> Option<String> {
+        self.exited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// How a process ended, as a shell shows it.
+fn describe(st: &rustix::process::WaitIdStatus) -> String {
+    if let Some(code) = st.exit_status() {
+        format!("exit code {code}")
+    } else if let Some(sig) = st.terminating_signal() {
+        let core = if st.dumped() { ", core dumped" } else { "" };
+        format!("killed by signal {sig}{core}")
+    } else {
+        "ended".into()
+    }
+}
+
+/// Starts the thread that waits (through a pidfd, without reaping: the
+/// [`Drop`] of [`Passt`] reaps) for `child` to exit and reports an exit
+/// that husk did not ask for.
+fn watch(child: &Child, log: &Path, stopping: Arc<AtomicBool>, exited: Arc<Mutex<Option<String>>>) {
+    let pid = child.id();
+    let Some(fd) = rustix::process::Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+    else {
+        log::warn!("cannot watch passt (pid {pid}): no pidfd");
+        return;
+    };
+    let log = log.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("passt-watch".into())
+        .spawn(move || {
+            use rustix::event::{PollFd, PollFlags, poll};
+            use rustix::process::{WaitId, WaitIdOptions, waitid};
+            loop {
+                let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+                match poll(&mut fds, None) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        log::warn!("cannot watch passt (pid {pid}): {e}");
+                        return;
+                    }
+                }
+            }
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let status = waitid(
+                WaitId::PidFd(fd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+            )
+            .ok()
+            .flatten()
+            .map_or_else(|| "ended".to_string(), |st| describe(&st));
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("; ");
+            let why = format!("passt (pid {pid}) {status}; passt.log: {tail}");
+            log::error!("{why}: the container's network is down");
+            *exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch passt (pid {pid}): {e}");
+    }
 }
 
 impl Drop for Passt {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         // It exits by itself when the VMM closes the socket; this covers a
         // VM that never started.
         let _ = self.child.kill();
@@ -286,6 +380,41 @@ mod tests {
             assert!(Instant::now() < until, "passt outlived its socket");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A passt that dies under a running VM (here: SIGSEGV, as Debian's
+    /// passt does in --debug mode) is noticed and reported with its status;
+    /// one husk stops is not.
+    #[test]
+    fn a_passt_that_dies_is_reported() {
+        if find().is_err() {
+            eprintln!("SKIP a_passt_that_dies_is_reported: passt is not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("husk-passt-die-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (p, _sock) = Passt::start(&[], false, &dir.join("passt.log")).unwrap();
+        assert_eq!(p.exited(), None);
+        let pid = rustix::process::Pid::from_raw(p.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::SEGV).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        let why = loop {
+            if let Some(w) = p.exited() {
+                break w;
+            }
+            assert!(Instant::now() < until, "the watcher did not notice");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(why.contains("killed by signal 11"), "{why}");
+        drop(p);
+
+        // Stopped by husk: nothing to report.
+        let (p, _sock) = Passt::start(&[], false, &dir.join("passt.log")).unwrap();
+        let exited = p.exited.clone();
+        drop(p);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(*exited.lock().unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
