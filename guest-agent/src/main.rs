@@ -262,11 +262,6 @@ fn open_main_ns(main: i32) -> std::io::Result<MainNs> {
 fn spawn(spec: &RunSpec, shared: &Shared) -> std::io::Result<(i32, process::Started)> {
     let root = shared.root.as_deref();
     if spec.main {
-        // The container's sysctls, in the guest kernel (the container's
-        // own), before its first process starts.
-        spec.check()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        process::write_sysctls(&spec.sysctls, "/proc/sys")?;
         let place = match root {
             Some(root) => process::Place::Root {
                 root,

@@ -166,7 +166,6 @@ enum Step {
     Mask,
     Rlimit,
     OomScoreAdj,
-    Umask,
     Bounding,
     KeepCaps,
     Groups,
@@ -177,7 +176,7 @@ enum Step {
     NoNewPrivs,
 }
 
-const STEPS: [Step; 19] = [
+const STEPS: [Step; 18] = [
     Step::Session,
     Step::Terminal,
     Step::Root,
@@ -188,7 +187,6 @@ const STEPS: [Step; 19] = [
     Step::Mask,
     Step::Rlimit,
     Step::OomScoreAdj,
-    Step::Umask,
     Step::Bounding,
     Step::KeepCaps,
     Step::Groups,
@@ -226,7 +224,6 @@ fn describe_step(
             None => "set an rlimit".into(),
         },
         Step::OomScoreAdj => "write /proc/self/oom_score_adj".into(),
-        Step::Umask => "set the umask".into(),
         Step::Bounding => format!("drop capability {idx} from the bounding set"),
         Step::KeepCaps => "keep capabilities across setuid".into(),
         Step::Groups => "set the supplementary groups".into(),
@@ -304,6 +301,10 @@ pub fn start(spec: &RunSpec, place: Place<'_>) -> io::Result<(i32, Started)> {
         return Err(invalid("too many supplementary groups"));
     }
     let sec = prepare(spec, cap_last_cap())?;
+    // The container's sysctls, in the guest kernel (the container's own),
+    // before its first process starts; `prepare` has refused them for any
+    // process but the main one.
+    write_sysctls(&spec.sysctls, "/proc/sys")?;
     // The container's masked and read-only paths: made by the main
     // process in its fresh mount namespace, after its /proc (execs join
     // that namespace and see them).
@@ -686,7 +687,7 @@ pub fn start(spec: &RunSpec, place: Place<'_>) -> io::Result<(i32, Started)> {
 /// order, before its main process starts. Names are checked again here
 /// (untrusted input); the file must exist (a sysctl the kernel lacks is
 /// an error, as with runc).
-pub fn write_sysctls(sysctls: &[(String, String)], proc_sys: &str) -> io::Result<()> {
+fn write_sysctls(sysctls: &[(String, String)], proc_sys: &str) -> io::Result<()> {
     for (name, value) in sysctls {
         let rel = husk_protocol::sysctl_path(name)
             .ok_or_else(|| invalid(&format!("invalid sysctl name {name:?}")))?;

@@ -207,25 +207,9 @@ mod tests {
             ),
             Request::Run(RunSpec::new(["true"])),
             Request::Run({
-                let mut s = RunSpec::new(["/bin/sh"]).main();
-                s.rlimits = vec![crate::Rlimit {
-                    resource: 7,
-                    soft: 1024,
-                    hard: u64::MAX,
-                }];
-                s.capabilities = Some(crate::Capabilities {
-                    bounding: 0xa80425fb,
-                    effective: 0xa80425fb,
-                    permitted: 0xa80425fb,
-                    inheritable: 0,
-                    ambient: 0,
-                });
-                s.no_new_privileges = true;
-                s.umask = Some(0o027);
-                s.oom_score_adj = Some(-500);
-                s.masked_paths = vec![b"/proc/kcore".to_vec()];
-                s.readonly_paths = vec![b"/proc/sys".to_vec()];
-                s.sysctls = vec![("net.ipv4.ip_forward".into(), "1".into())];
+                // Every limit and security field, and the largest rlimit.
+                let mut s = crate::message::tests::full();
+                s.rlimits[0].hard = u64::MAX;
                 s
             }),
             Request::Signal { signo: 15 },

@@ -60,7 +60,7 @@ pub use frame::{FrameReader, FrameWriter, decode_payload, encode_frame};
 pub use message::{
     CAP_MAX, Capabilities, Event, ExitStatus, GuestStats, Hello, MAX_PATH_LEN, MAX_PATHS,
     MAX_RLIMITS, MAX_SYSCTL_NAME_LEN, MAX_SYSCTLS, RLIMIT_NLIMITS, Request, Rlimit, RunSpec,
-    TermSize, sysctl_path, valid_sysctl_name,
+    TermSize, check_path, sysctl_path, valid_sysctl_name,
 };
 
 /// The protocol version this crate speaks. Bumped on any incompatible

@@ -169,7 +169,9 @@ pub fn sysctl_path(name: &str) -> Option<String> {
     valid_sysctl_name(name).then(|| format!("/proc/sys/{}", name.replace('.', "/")))
 }
 
-fn check_path(what: &str, p: &[u8]) -> Result<(), String> {
+/// Checks a masked or read-only path (`what` names it in the error):
+/// absolute, not `/`, at most [`MAX_PATH_LEN`] bytes, without NUL or `..`.
+pub fn check_path(what: &str, p: &[u8]) -> Result<(), String> {
     let shown = String::from_utf8_lossy(p);
     if p.len() > MAX_PATH_LEN {
         return Err(format!("{what} path longer than {MAX_PATH_LEN} bytes"));
@@ -469,7 +471,7 @@ pub enum Event {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -499,7 +501,8 @@ mod tests {
         spec.check().unwrap();
     }
 
-    fn full() -> RunSpec {
+    /// A main process's spec with every limit and security field set.
+    pub(crate) fn full() -> RunSpec {
         let mut s = RunSpec::new(["/bin/sh"]).main();
         s.rlimits = vec![Rlimit {
             resource: 7,

@@ -837,7 +837,7 @@ impl Engine {
                 let c = self.containers.find(&c.id)?;
                 return Err(EngineError::Monitor(c.state.error.clone().unwrap_or_else(
                     || {
-                        let tail = tail_lines(&log_path, 10);
+                        let tail = crate::tail_lines(&log_path, 10);
                         format!("the container's monitor exited ({st}): {tail}")
                     },
                 )));
@@ -1206,13 +1206,6 @@ impl Engine {
                 .map_or_else(|| id.clone(), |n| n.name),
         }
     }
-}
-
-/// The last `n` lines of a text file, joined with " | ".
-fn tail_lines(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// 1-63 of `[A-Za-z0-9.-]`, not starting with '-' or '.'.

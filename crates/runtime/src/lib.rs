@@ -846,6 +846,14 @@ pub fn run(
     })
 }
 
+/// The last `n` lines of a text file (a log), joined with " | "; empty
+/// if it cannot be read.
+pub(crate) fn tail_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

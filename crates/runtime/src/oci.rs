@@ -457,15 +457,7 @@ pub fn translate(bundle: &Path, spec: &Spec, vm: VmSettings) -> Result<Translati
             ),
         ] {
             for p in paths.iter().flatten() {
-                if !p.starts_with('/')
-                    || p.trim_end_matches('/').is_empty()
-                    || p.contains('\0')
-                    || p.split('/').any(|c| c == "..")
-                {
-                    return Err(OciError::Unsupported(format!(
-                        "{what}: {p:?} must be an absolute path other than / without .."
-                    )));
-                }
+                husk_protocol::check_path(what, p.as_bytes()).map_err(OciError::Unsupported)?;
                 into.push(p.as_bytes().to_vec());
             }
         }

@@ -205,11 +205,9 @@ impl Passt {
         let until = Instant::now() + Duration::from_millis(150);
         while Instant::now() < until {
             if let Ok(Some(status)) = child.try_wait() {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(5).collect();
                 return Err(PasstError::Exited {
                     status: status.to_string(),
-                    log: tail.into_iter().rev().collect::<Vec<_>>().join("; "),
+                    log: crate::tail_lines(log, 5),
                 });
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -295,9 +293,7 @@ fn watch(child: &Child, log: &Path, stopping: Arc<AtomicBool>, exited: Arc<Mutex
             if stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(3).collect();
-            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("; ");
+            let tail = crate::tail_lines(&log, 3);
             let why = format!("passt (pid {pid}) {status}; passt.log: {tail}");
             log::error!("{why}: the container's network is down");
             *exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
